@@ -1,0 +1,297 @@
+//! Checkpoint layout in object storage, shared by the workers (which write checkpoints) and the
+//! coordinator and samplers (which find and read them).
+//!
+//! ```text
+//! <checkpoints>/ckpt-0000001234/weights.safetensors
+//!                              /optimizer.safetensors
+//!                              /dataset.json      (preprocessing: the training dataset's manifest)
+//!                              /config.toml
+//!                              /state.json
+//!                              /manifest.json     (written last, create-only: the commit marker)
+//! <checkpoints>/latest                             (name of the newest committed checkpoint)
+//! ```
+//!
+//! Rename is not atomic on object stores, so a checkpoint is committed by writing its manifest,
+//! which lists every file with its sha256, with a create-only put. Readers ignore directories
+//! without a manifest, verify every file against it, and skip (with a warning) a corrupt one.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::manifest::DatasetManifest;
+use crate::store::Location;
+
+pub const CHECKPOINT_MANIFEST: &str = "manifest.json";
+pub const LATEST: &str = "latest";
+const PREFIX: &str = "ckpt-";
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+
+/// One file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The commit marker of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointManifest {
+    pub format_version: u32,
+    /// Global optimisation step at which the checkpoint was taken.
+    pub step: u64,
+    /// `vae`, `diffusion` or `done`: `done` checkpoints are complete models.
+    pub stage: String,
+    pub epoch_in_stage: u64,
+    pub job_id: String,
+    pub dataset_url: String,
+    pub dataset_content_hash: String,
+    pub created_unix_ms: i64,
+    pub files: Vec<CheckpointFile>,
+}
+
+/// A checkpoint read back and verified.
+#[derive(Debug, Clone)]
+pub struct LoadedCheckpoint {
+    /// URL of the checkpoint directory.
+    pub url: String,
+    pub manifest: CheckpointManifest,
+    pub files: BTreeMap<String, Bytes>,
+}
+
+impl LoadedCheckpoint {
+    pub fn file(&self, name: &str) -> Result<&Bytes> {
+        self.files.get(name).ok_or_else(|| Error::InvalidCheckpoint {
+            location: self.url.clone(),
+            reason: format!("no file `{name}`"),
+        })
+    }
+
+    /// The training dataset's manifest stored with the checkpoint.
+    pub fn dataset(&self) -> Result<DatasetManifest> {
+        DatasetManifest::from_json(self.file("dataset.json")?, &format!("{}/dataset.json", self.url))
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Directory name of the checkpoint at `step` (zero-padded so names sort by step).
+pub fn dir_name(step: u64) -> String {
+    format!("{PREFIX}{step:010}")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Metadata of a checkpoint about to be written.
+#[derive(Debug, Clone)]
+pub struct CheckpointMeta {
+    pub step: u64,
+    pub stage: String,
+    pub epoch_in_stage: u64,
+    pub job_id: String,
+    pub dataset_url: String,
+    pub dataset_content_hash: String,
+}
+
+/// Writes the files, then commits the manifest (create-only), moves `latest` and deletes all but
+/// the newest `keep` committed checkpoints. Returns the checkpoint's URL.
+pub async fn commit(
+    root: &Location,
+    meta: CheckpointMeta,
+    files: Vec<(String, Bytes)>,
+    keep: usize,
+) -> Result<String> {
+    let name = dir_name(meta.step);
+    let dir = root.join(&name);
+    if dir.exists(CHECKPOINT_MANIFEST).await? {
+        return Err(Error::AlreadyExists {
+            location: dir.display(CHECKPOINT_MANIFEST),
+        });
+    }
+    let mut listed = Vec::with_capacity(files.len());
+    for (file, bytes) in &files {
+        listed.push(CheckpointFile {
+            name: file.clone(),
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+        });
+        dir.put(file, bytes.clone()).await?;
+    }
+    let manifest = CheckpointManifest {
+        format_version: CHECKPOINT_FORMAT_VERSION,
+        step: meta.step,
+        stage: meta.stage,
+        epoch_in_stage: meta.epoch_in_stage,
+        job_id: meta.job_id,
+        dataset_url: meta.dataset_url,
+        dataset_content_hash: meta.dataset_content_hash,
+        created_unix_ms: now_ms(),
+        files: listed,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    if !dir.put_if_absent(CHECKPOINT_MANIFEST, Bytes::from(json)).await? {
+        return Err(Error::AlreadyExists {
+            location: dir.display(CHECKPOINT_MANIFEST),
+        });
+    }
+    root.put(LATEST, Bytes::from(name.clone())).await?;
+    prune(root, keep).await?;
+    Ok(dir.url().to_string())
+}
+
+/// Names of committed checkpoint directories below `root`, oldest first.
+pub async fn committed(root: &Location) -> Result<Vec<String>> {
+    let mut names: Vec<String> = root
+        .list("")
+        .await?
+        .iter()
+        .filter_map(|m| {
+            let rel = root.relative(&m.location);
+            let (dir, file) = rel.split_once('/')?;
+            (dir.starts_with(PREFIX) && file == CHECKPOINT_MANIFEST).then(|| dir.to_string())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn prune(root: &Location, keep: usize) -> Result<()> {
+    let names = committed(root).await?;
+    if names.len() > keep {
+        for old in &names[..names.len() - keep] {
+            // Manifest first: a half-deleted checkpoint must not look committed.
+            root.join(old).delete(CHECKPOINT_MANIFEST).await?;
+            root.delete_all(old).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and verifies the checkpoint directory at `dir`.
+pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
+    let url = dir.url().to_string();
+    let raw = dir
+        .get_opt(CHECKPOINT_MANIFEST)
+        .await?
+        .ok_or_else(|| Error::InvalidCheckpoint {
+            location: url.clone(),
+            reason: "no manifest.json (not a committed checkpoint)".into(),
+        })?;
+    let manifest: CheckpointManifest =
+        serde_json::from_slice(&raw).map_err(|e| Error::InvalidCheckpoint {
+            location: url.clone(),
+            reason: format!("manifest.json: {e}"),
+        })?;
+    if manifest.format_version != CHECKPOINT_FORMAT_VERSION {
+        return Err(Error::InvalidCheckpoint {
+            location: url,
+            reason: format!("format version {} is not supported", manifest.format_version),
+        });
+    }
+    let mut files = BTreeMap::new();
+    for f in &manifest.files {
+        let bytes = dir.get(&f.name).await?;
+        let sha = sha256_hex(&bytes);
+        if sha != f.sha256 || bytes.len() as u64 != f.bytes {
+            return Err(Error::InvalidCheckpoint {
+                location: url,
+                reason: format!("file `{}` does not match its sha256 in manifest.json", f.name),
+            });
+        }
+        files.insert(f.name.clone(), bytes);
+    }
+    Ok(LoadedCheckpoint {
+        url,
+        manifest,
+        files,
+    })
+}
+
+/// Resolves a user-given checkpoint URL: a checkpoint directory itself, or a checkpoints prefix
+/// (then its newest committed checkpoint that verifies; corrupt ones are skipped with a warning).
+pub async fn resolve(url: &str) -> Result<LoadedCheckpoint> {
+    let loc = Location::parse(url)?;
+    if loc.exists(CHECKPOINT_MANIFEST).await? {
+        return load_dir(&loc).await;
+    }
+    latest(&loc).await?.ok_or_else(|| Error::InvalidCheckpoint {
+        location: url.to_string(),
+        reason: "no committed checkpoint here; train first (`flowsynth train`)".into(),
+    })
+}
+
+/// The newest committed checkpoint below `root` that verifies, if any.
+pub async fn latest(root: &Location) -> Result<Option<LoadedCheckpoint>> {
+    for name in committed(root).await?.iter().rev() {
+        match load_dir(&root.join(name)).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => tracing::warn!("skipping checkpoint {}: {e}", root.display(name)),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> CheckpointMeta {
+        CheckpointMeta {
+            step,
+            stage: "vae".into(),
+            epoch_in_stage: 1,
+            job_id: "j".into(),
+            dataset_url: "d".into(),
+            dataset_content_hash: "h".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_checkpoint_wins_old_ones_are_pruned_and_corrupt_ones_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        for step in [10, 20, 30] {
+            let files = vec![("w.bin".to_string(), Bytes::from(vec![step as u8; 8]))];
+            commit(&root, meta(step), files, 2).await.unwrap();
+        }
+        assert_eq!(committed(&root).await.unwrap(), vec![dir_name(20), dir_name(30)]);
+        assert_eq!(resolve(root.url()).await.unwrap().manifest.step, 30);
+        // Corrupt the newest: the reader falls back to the previous one.
+        root.join(&dir_name(30))
+            .put("w.bin", Bytes::from_static(b"garbage!"))
+            .await
+            .unwrap();
+        let c = resolve(root.url()).await.unwrap();
+        assert_eq!(c.manifest.step, 20);
+        assert_eq!(c.file("w.bin").unwrap().as_ref(), &[20u8; 8]);
+        // A directory without manifest is not a checkpoint.
+        root.join(&dir_name(40))
+            .put("w.bin", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(resolve(root.url()).await.unwrap().manifest.step, 20);
+        // A specific checkpoint URL resolves to itself.
+        let url = root.display(&dir_name(20));
+        assert_eq!(resolve(&url).await.unwrap().manifest.step, 20);
+    }
+
+    #[tokio::test]
+    async fn committing_the_same_step_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        commit(&root, meta(1), vec![], 3).await.unwrap();
+        let err = commit(&root, meta(1), vec![], 3).await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    }
+}

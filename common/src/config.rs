@@ -1,0 +1,241 @@
+//! Typed job configuration. A TOML job file (`--config job.toml`) and the CLI flags fill the same
+//! structs; flags override the file. Every key has a working default, so an empty file is valid.
+//!
+//! ```toml
+//! [train]
+//! epochs = 30            # VAE epochs
+//! diffusion_epochs = 60  # denoiser epochs (default: 2 x epochs)
+//! batch_size = 512       # per worker
+//! seed = 0
+//!
+//! [model]
+//! d_token = 4
+//! denoiser_width = 256
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Training schedule and run-time settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Seed for weight initialisation, data order, noise and label dropout. Same seed, same data,
+    /// same config => same checkpoint (on CPU).
+    pub seed: u64,
+    /// Rows per optimisation step on one worker (the global batch is workers x batch_size).
+    pub batch_size: usize,
+    /// Epochs of VAE training (stage 1).
+    pub epochs: usize,
+    /// Epochs of denoiser training on the frozen VAE's latents (stage 2). Default: 2 x `epochs`.
+    pub diffusion_epochs: Option<usize>,
+    /// Write a checkpoint every this many epochs of each stage (and always at the end).
+    pub checkpoint_every: usize,
+    /// Committed checkpoints kept in the checkpoint location; older ones are deleted.
+    pub keep_checkpoints: usize,
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Intra-op threads for libtorch on CPU; 0 = libtorch's default (all cores).
+    pub threads: usize,
+    /// Use at most this many rows of the dataset (a uniform subset chosen by the seed); for quick
+    /// runs and tests. 0 = all rows.
+    pub max_rows: u64,
+    /// Share of the rows held out to measure VAE validation loss (drives the beta schedule).
+    pub validation_fraction: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            batch_size: 512,
+            epochs: 30,
+            diffusion_epochs: None,
+            checkpoint_every: 10,
+            keep_checkpoints: 3,
+            device: "auto".into(),
+            threads: 0,
+            max_rows: 0,
+            validation_fraction: 0.05,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn diffusion_epochs(&self) -> usize {
+        self.diffusion_epochs.unwrap_or(2 * self.epochs)
+    }
+}
+
+/// Model sizes and optimisation hyper-parameters. Defaults follow TabSyn's published code where
+/// that is affordable on a laptop CPU (d_token, heads, FFN, beta schedule, EDM constants) and are
+/// smaller where it is not (denoiser width: TabSyn uses 1024).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Width of each column token in the tabular VAE.
+    pub d_token: i64,
+    /// Attention heads in the VAE's Transformer blocks.
+    pub n_heads: i64,
+    /// Hidden width of the Transformer feed-forward blocks.
+    pub ffn_dim: i64,
+    /// Transformer blocks in each of the encoder (mu, logvar) and the decoder.
+    pub n_layers: i64,
+    pub vae_lr: f64,
+    pub vae_weight_decay: f64,
+    /// KL weight at the start of VAE training.
+    pub beta_max: f64,
+    /// Floor of the KL weight.
+    pub beta_min: f64,
+    /// Factor applied to beta when validation loss has not improved for `beta_patience` epochs.
+    pub beta_decay: f64,
+    pub beta_patience: usize,
+    /// Width of the denoiser MLP (its blocks are width, 2 x width, 2 x width, width).
+    pub denoiser_width: i64,
+    pub diffusion_lr: f64,
+    /// Probability of replacing the class label by the "no label" token in denoiser training
+    /// (classifier-free guidance).
+    pub label_dropout: f64,
+    /// EDM Heun sampler steps (each step but the last is two network evaluations).
+    pub sampler_steps: usize,
+    /// Classifier-free guidance scale: 1.0 = plain conditional sampling.
+    pub guidance_scale: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            d_token: 4,
+            n_heads: 1,
+            ffn_dim: 128,
+            n_layers: 2,
+            vae_lr: 1e-3,
+            vae_weight_decay: 0.0,
+            beta_max: 1e-2,
+            beta_min: 1e-5,
+            beta_decay: 0.7,
+            beta_patience: 10,
+            denoiser_width: 256,
+            diffusion_lr: 1e-3,
+            label_dropout: 0.1,
+            sampler_steps: 20,
+            guidance_scale: 1.0,
+        }
+    }
+}
+
+/// A job file: `[train]` and `[model]` tables.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobConfig {
+    pub train: TrainConfig,
+    pub model: ModelConfig,
+}
+
+impl JobConfig {
+    /// Parses a TOML job file; `location` names it in errors.
+    pub fn from_toml(text: &str, location: &str) -> Result<Self> {
+        let cfg: JobConfig = toml::from_str(text).map_err(|e| Error::Config {
+            location: location.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| Error::Config {
+            location: location.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks value ranges; returns a message naming the offending key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        let m = &self.model;
+        if t.batch_size == 0 {
+            return Err("train.batch_size must be at least 1".into());
+        }
+        if t.epochs == 0 {
+            return Err("train.epochs must be at least 1".into());
+        }
+        if t.checkpoint_every == 0 {
+            return Err("train.checkpoint_every must be at least 1".into());
+        }
+        if t.keep_checkpoints == 0 {
+            return Err("train.keep_checkpoints must be at least 1".into());
+        }
+        if !(0.0..0.5).contains(&t.validation_fraction) {
+            return Err("train.validation_fraction must be in [0, 0.5)".into());
+        }
+        if !matches!(t.device.as_str(), "auto" | "cpu" | "cuda") && !t.device.starts_with("cuda:")
+        {
+            return Err(format!(
+                "train.device `{}` is not one of auto, cpu, cuda, cuda:N",
+                t.device
+            ));
+        }
+        for (key, v) in [
+            ("model.d_token", m.d_token),
+            ("model.n_heads", m.n_heads),
+            ("model.ffn_dim", m.ffn_dim),
+            ("model.n_layers", m.n_layers),
+            ("model.denoiser_width", m.denoiser_width),
+        ] {
+            if v < 1 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if m.d_token % m.n_heads != 0 {
+            return Err("model.d_token must be a multiple of model.n_heads".into());
+        }
+        if !(0.0..1.0).contains(&m.label_dropout) {
+            return Err("model.label_dropout must be in [0, 1)".into());
+        }
+        if m.sampler_steps < 2 {
+            return Err("model.sampler_steps must be at least 2".into());
+        }
+        for (key, v) in [("model.vae_lr", m.vae_lr), ("model.diffusion_lr", m.diffusion_lr)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("{key} must be a positive number"));
+            }
+        }
+        if !(m.beta_min > 0.0 && m.beta_min <= m.beta_max) {
+            return Err("model.beta_min must be positive and at most model.beta_max".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(JobConfig::from_toml("", "t").unwrap(), JobConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = JobConfig::from_toml("[train]\nepochz = 3\n", "job.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("job.toml") && msg.contains("epochz"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_the_key() {
+        let err = JobConfig::from_toml("[train]\nbatch_size = 0\n", "job.toml").unwrap_err();
+        assert!(err.to_string().contains("train.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let mut c = JobConfig::default();
+        c.train.epochs = 7;
+        c.model.denoiser_width = 64;
+        assert_eq!(JobConfig::from_toml(&c.to_toml(), "t").unwrap(), c);
+    }
+}

@@ -1,0 +1,356 @@
+//! In-memory columnar rows in the model's layout, and their Parquet form.
+//!
+//! A [`Table`] holds a dataset's rows split the way the model sees them: numeric feature columns
+//! as `f64`, categorical feature columns and the label as ordinal codes into the manifest's
+//! vocabularies. Reading a Parquet part validates every value against the manifest, so a model
+//! never sees a category it cannot embed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+use crate::manifest::{ColumnRole, DType, DatasetManifest};
+
+/// Rows in the model's layout. All vectors have the same length.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    /// One vector per numeric feature column, in manifest order.
+    pub numeric: Vec<Vec<f64>>,
+    /// One vector per categorical feature column (manifest order): codes into its vocabulary.
+    pub categorical: Vec<Vec<u32>>,
+    /// Codes into the label vocabulary.
+    pub labels: Vec<u32>,
+}
+
+impl Table {
+    /// An empty table with the manifest's column counts.
+    pub fn empty(layout: &Layout) -> Self {
+        Self {
+            numeric: vec![Vec::new(); layout.numeric.len()],
+            categorical: vec![Vec::new(); layout.categorical.len()],
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Appends all rows of `other` (same layout).
+    pub fn append(&mut self, other: &Table) {
+        for (a, b) in self.numeric.iter_mut().zip(&other.numeric) {
+            a.extend_from_slice(b);
+        }
+        for (a, b) in self.categorical.iter_mut().zip(&other.categorical) {
+            a.extend_from_slice(b);
+        }
+        self.labels.extend_from_slice(&other.labels);
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Table {
+        Table {
+            numeric: self
+                .numeric
+                .iter()
+                .map(|c| idx.iter().map(|&i| c[i]).collect())
+                .collect(),
+            categorical: self
+                .categorical
+                .iter()
+                .map(|c| idx.iter().map(|&i| c[i]).collect())
+                .collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+}
+
+/// Where the model's columns sit among the manifest's columns.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Indices into `manifest.columns` of the numeric features.
+    pub numeric: Vec<usize>,
+    /// Indices into `manifest.columns` of the categorical features.
+    pub categorical: Vec<usize>,
+    /// Index into `manifest.columns` of the label.
+    pub label: usize,
+    /// For each categorical feature, then the label: value -> code.
+    codes: Vec<HashMap<String, u32>>,
+}
+
+impl Layout {
+    pub fn new(manifest: &DatasetManifest) -> Result<Self> {
+        let mut numeric = Vec::new();
+        let mut categorical = Vec::new();
+        let mut label = None;
+        for (i, c) in manifest.columns.iter().enumerate() {
+            match c.role {
+                ColumnRole::Numeric => numeric.push(i),
+                ColumnRole::Categorical => categorical.push(i),
+                ColumnRole::Label => label = Some(i),
+            }
+        }
+        let label = label.ok_or_else(|| Error::InvalidManifest {
+            reason: "no label column".into(),
+        })?;
+        let mut codes = Vec::new();
+        for &i in categorical.iter().chain(std::iter::once(&label)) {
+            let c = &manifest.columns[i];
+            let vocab = c.vocabulary.as_ref().ok_or_else(|| Error::InvalidManifest {
+                reason: format!("column `{}` has no vocabulary", c.name),
+            })?;
+            codes.push(
+                vocab
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| (v.clone(), k as u32))
+                    .collect(),
+            );
+        }
+        Ok(Self {
+            numeric,
+            categorical,
+            label,
+            codes,
+        })
+    }
+}
+
+fn arrow_err(location: &str) -> impl Fn(arrow_schema::ArrowError) -> Error + '_ {
+    move |source| Error::Arrow {
+        location: location.to_string(),
+        source,
+    }
+}
+
+fn parquet_err(location: &str) -> impl Fn(parquet::errors::ParquetError) -> Error + '_ {
+    move |source| Error::Parquet {
+        location: location.to_string(),
+        source,
+    }
+}
+
+/// Text form of a categorical cell, matching how vocabularies store values.
+fn cell_text(col: &ArrayRef, row: usize) -> Option<String> {
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().value(row).to_string()),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(row).to_string()),
+        DataType::Int64 => Some(col.as_primitive::<Int64Type>().value(row).to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a Parquet part of the dataset (all row groups, or only `row_groups`) into a [`Table`].
+/// `location` names the part in errors.
+pub fn read_parquet(
+    bytes: Bytes,
+    manifest: &DatasetManifest,
+    layout: &Layout,
+    row_groups: Option<Vec<usize>>,
+    location: &str,
+) -> Result<Table> {
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err(location))?;
+    if let Some(groups) = row_groups {
+        builder = builder.with_row_groups(groups);
+    }
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(parquet_err(location))?;
+    let mut table = Table::empty(layout);
+    for batch in reader {
+        let batch = batch.map_err(arrow_err(location))?;
+        append_batch(&mut table, &batch, manifest, layout, location)?;
+    }
+    Ok(table)
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str, location: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::InvalidPart {
+            location: location.to_string(),
+            reason: format!("column `{name}` (from dataset.json) is missing"),
+        })
+}
+
+fn append_batch(
+    table: &mut Table,
+    batch: &RecordBatch,
+    manifest: &DatasetManifest,
+    layout: &Layout,
+    location: &str,
+) -> Result<()> {
+    for (k, &ci) in layout.numeric.iter().enumerate() {
+        let name = &manifest.columns[ci].name;
+        let col = column(batch, name, location)?;
+        if col.null_count() > 0 {
+            return Err(Error::InvalidPart {
+                location: location.into(),
+                reason: format!("numeric column `{name}` has nulls"),
+            });
+        }
+        let out = &mut table.numeric[k];
+        match col.data_type() {
+            DataType::Float64 => out.extend(col.as_primitive::<Float64Type>().values().iter()),
+            DataType::Int64 => out.extend(
+                col.as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as f64),
+            ),
+            other => {
+                return Err(Error::InvalidPart {
+                    location: location.into(),
+                    reason: format!("numeric column `{name}` has type {other}"),
+                });
+            }
+        }
+    }
+    let coded = layout
+        .categorical
+        .iter()
+        .enumerate()
+        .map(|(k, &ci)| (ci, k, Some(k)))
+        .chain(std::iter::once((layout.label, layout.categorical.len(), None)));
+    for (ci, code_idx, cat_slot) in coded {
+        let name = &manifest.columns[ci].name;
+        let col = column(batch, name, location)?;
+        let codes = &layout.codes[code_idx];
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            if col.is_null(row) {
+                return Err(Error::InvalidPart {
+                    location: location.into(),
+                    reason: format!("column `{name}` has a null at row {row}"),
+                });
+            }
+            let text = cell_text(col, row).ok_or_else(|| Error::InvalidPart {
+                location: location.into(),
+                reason: format!("column `{name}` has type {}", col.data_type()),
+            })?;
+            let code = codes.get(&text).ok_or_else(|| Error::InvalidPart {
+                location: location.into(),
+                reason: format!("column `{name}` holds `{text}`, which is not in its vocabulary"),
+            })?;
+            out.push(*code);
+        }
+        match cat_slot {
+            Some(k) => table.categorical[k].extend(out),
+            None => table.labels.extend(out),
+        }
+    }
+    Ok(())
+}
+
+/// Parquet writer settings shared by `convert` and `sample`: zstd, one row group per
+/// `row_group_rows` rows.
+pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build()
+}
+
+/// Encodes rows as a Parquet file with the dataset's columns (same names, same dtypes) plus the
+/// boolean `synthetic` column. Numeric values of `int64` columns are rounded; codes are mapped
+/// back to their vocabulary values.
+pub fn write_parquet(
+    manifest: &DatasetManifest,
+    layout: &Layout,
+    table: &Table,
+    synthetic: &[bool],
+    row_group_rows: usize,
+) -> Result<Bytes> {
+    let location = "sampled output";
+    if synthetic.len() != table.rows() {
+        return Err(Error::InvalidPart {
+            location: location.into(),
+            reason: format!(
+                "{} synthetic flags for {} rows",
+                synthetic.len(),
+                table.rows()
+            ),
+        });
+    }
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(manifest.columns.len() + 1);
+    for (ci, c) in manifest.columns.iter().enumerate() {
+        let array: ArrayRef = if let Some(k) = layout.numeric.iter().position(|&x| x == ci) {
+            let v = &table.numeric[k];
+            match c.dtype {
+                DType::Int64 => Arc::new(Int64Array::from_iter_values(
+                    v.iter().map(|x| x.round() as i64),
+                )),
+                _ => Arc::new(Float64Array::from_iter_values(v.iter().copied())),
+            }
+        } else {
+            let codes = if ci == layout.label {
+                &table.labels
+            } else {
+                let k = layout
+                    .categorical
+                    .iter()
+                    .position(|&x| x == ci)
+                    .ok_or_else(|| Error::InvalidManifest {
+                        reason: format!("column `{}` has no place in the layout", c.name),
+                    })?;
+                &table.categorical[k]
+            };
+            let vocab = c.vocabulary.as_deref().unwrap_or_default();
+            let value = |code: u32| -> Result<&str> {
+                vocab
+                    .get(code as usize)
+                    .map(String::as_str)
+                    .ok_or_else(|| Error::InvalidPart {
+                        location: location.into(),
+                        reason: format!("code {code} outside the vocabulary of `{}`", c.name),
+                    })
+            };
+            match c.dtype {
+                DType::Int64 => {
+                    let mut out = Vec::with_capacity(codes.len());
+                    for &code in codes {
+                        let s = value(code)?;
+                        out.push(s.parse::<i64>().map_err(|_| Error::InvalidManifest {
+                            reason: format!(
+                                "int64 column `{}` has non-integer vocabulary value `{s}`",
+                                c.name
+                            ),
+                        })?);
+                    }
+                    Arc::new(Int64Array::from(out))
+                }
+                _ => {
+                    let mut out = Vec::with_capacity(codes.len());
+                    for &code in codes {
+                        out.push(value(code)?);
+                    }
+                    Arc::new(StringArray::from(out))
+                }
+            }
+        };
+        arrays.push(array);
+    }
+    arrays.push(Arc::new(BooleanArray::from(synthetic.to_vec())));
+    let schema = manifest.sample_arrow_schema();
+    debug_assert_eq!(schema.fields().len(), arrays.len());
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(arrow_err(location))?;
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(writer_properties(row_group_rows)))
+        .map_err(parquet_err(location))?;
+    writer.write(&batch).map_err(parquet_err(location))?;
+    writer.close().map_err(parquet_err(location))?;
+    Ok(Bytes::from(buf))
+}
+

@@ -1,0 +1,64 @@
+//! The flowsynth coordinator: the control plane of training and sampling jobs.
+//!
+//! It accepts jobs from clients (`JobService`), keeps a registry of workers (`WorkerService`),
+//! waits until a job has enough free workers, gives each a rank and its share of the work
+//! (dataset row groups balanced by rows for training, seeded chunks for sampling), runs the
+//! rendezvous through which ranks find each other, and tracks progress, completion and failure.
+//! Job records are persisted in an object store so a restarted coordinator picks up where it was.
+
+mod error;
+pub mod plan;
+mod service;
+
+use std::net::SocketAddr;
+
+pub use error::{Error, Result};
+use flowsynth_common::store::Location;
+use flowsynth_proto::job_service_server::JobServiceServer;
+use flowsynth_proto::worker_service_server::WorkerServiceServer;
+pub use service::{Coordinator, CoordinatorConfig};
+use tokio::net::TcpListener;
+
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Serves both services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: Location,
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let coordinator = Coordinator::open(store.clone(), config.clone()).await?;
+    let reaper = coordinator.clone();
+    let interval = config.heartbeat_interval;
+    let reap_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            reaper.reap();
+        }
+    });
+    tracing::info!(
+        "coordinator listening on {} (state in {})",
+        local.map(|a| a.to_string()).unwrap_or_default(),
+        store
+    );
+    let result = tonic::transport::Server::builder()
+        .add_service(JobServiceServer::new(coordinator.clone()))
+        .add_service(WorkerServiceServer::new(coordinator))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(Error::Serve);
+    reap_task.abort();
+    result
+}

@@ -1,0 +1,887 @@
+//! The coordinator's state machine and its two gRPC services.
+//!
+//! All state sits behind one mutex: the control plane handles a few calls per second per worker,
+//! so simplicity beats fine-grained locking. Long-polls (assignment, rendezvous) wait on a
+//! `Notify` outside the lock. Every job change is persisted to the object store (one writer task,
+//! in order) so a restarted coordinator lists old jobs and re-queues unfinished ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowsynth_common::checkpoint;
+use flowsynth_common::config::JobConfig;
+use flowsynth_common::dataset;
+use flowsynth_common::manifest::{
+    SAMPLE_MANIFEST_NAME, SUCCESS_MARKER, SampleManifest, SamplePart, MANIFEST_FORMAT_VERSION,
+};
+use flowsynth_common::store::Location;
+use flowsynth_proto::job_service_server::JobService;
+use flowsynth_proto::job_spec::Kind;
+use flowsynth_proto::worker_service_server::WorkerService;
+use flowsynth_proto::*;
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use crate::plan;
+
+/// Tunables of the coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How often workers are asked to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is considered dead; its job fails.
+    pub heartbeat_timeout: Duration,
+    /// Longest a long-poll call is held.
+    pub max_wait: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How a job's work is split, prepared at submission (needs I/O) so scheduling stays in memory.
+#[derive(Debug, Clone)]
+enum WorkPlan {
+    Train {
+        groups: Vec<plan::RowGroup>,
+        batch_size: u64,
+    },
+    Sample {
+        chunks: Vec<SampleChunk>,
+        manifest: Box<SampleManifest>,
+        out_url: String,
+    },
+}
+
+struct JobEntry {
+    job: Job,
+    plan: Option<WorkPlan>,
+    /// Worker id -> its assignment in the current generation.
+    assignments: BTreeMap<String, Assignment>,
+    /// Rendezvous of the current generation: rank -> collective address.
+    arrived: BTreeMap<u32, String>,
+    nccl_id: Vec<u8>,
+    /// Ranks that reported success, with what they wrote.
+    done: BTreeMap<u32, DoneReport>,
+    tx: watch::Sender<Job>,
+}
+
+struct WorkerEntry {
+    hostname: String,
+    last_seen: Instant,
+    job: Option<String>,
+    /// Registration order, used to give ranks deterministically.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<String, JobEntry>,
+    /// Submission order of job ids.
+    order: Vec<String>,
+    workers: HashMap<String, WorkerEntry>,
+    next_seq: u64,
+}
+
+/// The coordinator: clone-able handle over shared state.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<Notify>,
+    persist: mpsc::UnboundedSender<Job>,
+    store: Location,
+    config: CoordinatorConfig,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+fn job_path(id: &str) -> String {
+    format!("jobs/{id}.pb")
+}
+
+impl Coordinator {
+    /// Opens the coordinator's state in `store`: previous jobs are listed again, unfinished ones
+    /// are re-queued (training resumes from its last committed checkpoint).
+    pub async fn open(store: Location, config: CoordinatorConfig) -> crate::Result<Self> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let writer_store = store.clone();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let bytes = Bytes::from(job.encode_to_vec());
+                if let Err(e) = writer_store.put(&job_path(&job.id), bytes).await {
+                    tracing::error!("cannot persist job {}: {e}", job.id);
+                }
+            }
+        });
+        let coordinator = Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            changed: Arc::new(Notify::new()),
+            persist: tx,
+            store,
+            config,
+        };
+        coordinator.recover().await?;
+        Ok(coordinator)
+    }
+
+    async fn recover(&self) -> crate::Result<()> {
+        let mut metas = self.store.list("jobs").await?;
+        metas.sort_by_key(|m| m.last_modified);
+        let mut recovered = Vec::new();
+        for m in metas {
+            let rel = self.store.relative(&m.location);
+            let bytes = self.store.get(&rel).await?;
+            match Job::decode(bytes) {
+                Ok(job) => recovered.push(job),
+                Err(e) => tracing::warn!("ignoring unreadable job record {rel}: {e}"),
+            }
+        }
+        recovered.sort_by_key(|j| j.created_unix_ms);
+        for mut job in recovered {
+            let mut plan = None;
+            if !is_terminal(job.state) {
+                job.state = JobState::Pending as i32;
+                job.generation += 1;
+                job.workers.clear();
+                job.message = "re-queued after coordinator restart".into();
+                match prepare(&job).await {
+                    Ok(p) => plan = Some(p),
+                    Err(status) => {
+                        job.state = JobState::Failed as i32;
+                        job.message = format!("cannot re-queue: {}", status.message());
+                    }
+                }
+                let _ = self.persist.send(job.clone());
+            }
+            tracing::info!("recovered job {} ({:?})", job.id, JobState::try_from(job.state));
+            let mut inner = self.lock();
+            inner.order.push(job.id.clone());
+            let (tx, _) = watch::channel(job.clone());
+            inner.jobs.insert(
+                job.id.clone(),
+                JobEntry {
+                    job,
+                    plan,
+                    assignments: BTreeMap::new(),
+                    arrived: BTreeMap::new(),
+                    nccl_id: Vec::new(),
+                    done: BTreeMap::new(),
+                    tx,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a job change: watchers, persistence, waiting long-polls.
+    fn publish(&self, entry: &mut JobEntry) {
+        entry.job.updated_unix_ms = now_ms();
+        entry.tx.send_replace(entry.job.clone());
+        let _ = self.persist.send(entry.job.clone());
+        self.changed.notify_waiters();
+    }
+
+    /// Fails the worker's job (if running) and frees the other ranks.
+    fn fail_job(&self, inner: &mut Inner, job_id: &str, message: String) {
+        if let Some(entry) = inner.jobs.get_mut(job_id) {
+            if is_terminal(entry.job.state) {
+                return;
+            }
+            entry.job.state = JobState::Failed as i32;
+            entry.job.message = message;
+            let members: Vec<String> = entry.assignments.keys().cloned().collect();
+            self.publish(entry);
+            for w in members {
+                if let Some(worker) = inner.workers.get_mut(&w) {
+                    if worker.job.as_deref() == Some(job_id) {
+                        worker.job = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops workers that stopped heartbeating; fails the jobs they were running.
+    pub fn reap(&self) {
+        let mut inner = self.lock();
+        let timeout = self.config.heartbeat_timeout;
+        let dead: Vec<(String, Option<String>, String)> = inner
+            .workers
+            .iter()
+            .filter(|(_, w)| w.last_seen.elapsed() > timeout)
+            .map(|(id, w)| (id.clone(), w.job.clone(), w.hostname.clone()))
+            .collect();
+        for (id, job, host) in dead {
+            tracing::warn!("worker {id} on {host} stopped heartbeating; removing it");
+            inner.workers.remove(&id);
+            if let Some(job) = job {
+                self.fail_job(
+                    &mut inner,
+                    &job,
+                    format!("worker {id} on {host} stopped heartbeating"),
+                );
+            }
+        }
+    }
+
+    /// Forms rank groups for pending jobs from idle workers (oldest job first).
+    fn schedule(&self, inner: &mut Inner) {
+        let order = inner.order.clone();
+        for job_id in order {
+            let Some(entry) = inner.jobs.get(&job_id) else {
+                continue;
+            };
+            if entry.job.state != JobState::Pending as i32 {
+                continue;
+            }
+            let Some(work) = entry.plan.clone() else {
+                continue;
+            };
+            let spec = entry.job.spec.clone().unwrap_or_default();
+            let min = spec.min_workers.max(1) as usize;
+            let max = spec.max_workers.max(spec.min_workers).max(1) as usize;
+            let mut idle: Vec<(u64, String)> = inner
+                .workers
+                .iter()
+                .filter(|(_, w)| w.job.is_none())
+                .map(|(id, w)| (w.seq, id.clone()))
+                .collect();
+            if idle.len() < min {
+                // Oldest job first: a big job waiting is not overtaken by smaller ones.
+                return;
+            }
+            idle.sort();
+            idle.truncate(max);
+            let world = idle.len();
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let Some(entry) = inner.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let generation = entry.job.generation;
+            let mut assignments = BTreeMap::new();
+            match &work {
+                WorkPlan::Train { groups, batch_size } => {
+                    let shards = plan::shard(groups, world);
+                    let rows: Vec<u64> = shards.iter().map(|(_, r)| *r).collect();
+                    let steps = plan::steps_per_epoch(&rows, *batch_size);
+                    for (rank, ((shards, _), (_, worker))) in shards.into_iter().zip(&idle).enumerate() {
+                        assignments.insert(
+                            worker.clone(),
+                            Assignment {
+                                job_id: job_id.clone(),
+                                generation,
+                                rank: rank as u32,
+                                world_size: world as u32,
+                                spec: Some(spec.clone()),
+                                shards,
+                                steps_per_epoch: steps,
+                                chunks: vec![],
+                                auth_token: token.clone(),
+                            },
+                        );
+                    }
+                }
+                WorkPlan::Sample { chunks, .. } => {
+                    for (rank, (_, worker)) in idle.iter().enumerate() {
+                        assignments.insert(
+                            worker.clone(),
+                            Assignment {
+                                job_id: job_id.clone(),
+                                generation,
+                                rank: rank as u32,
+                                world_size: world as u32,
+                                spec: Some(spec.clone()),
+                                shards: vec![],
+                                steps_per_epoch: 0,
+                                chunks: plan::chunks_for_rank(chunks, rank, world),
+                                auth_token: token.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            entry.job.workers = idle.iter().map(|(_, w)| w.clone()).collect();
+            entry.job.state = JobState::Running as i32;
+            entry.job.message = format!("running on {world} worker(s)");
+            entry.assignments = assignments;
+            entry.arrived.clear();
+            entry.done.clear();
+            self.publish(entry);
+            for (_, w) in &idle {
+                if let Some(worker) = inner.workers.get_mut(w) {
+                    worker.job = Some(job_id.clone());
+                }
+            }
+            tracing::info!("job {job_id} starts on {world} worker(s)");
+        }
+    }
+
+    fn job_snapshot(&self, id: &str) -> Result<Job, Status> {
+        self.lock()
+            .jobs
+            .get(id)
+            .map(|e| e.job.clone())
+            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))
+    }
+
+    /// Writes the sample manifest and success marker once every rank is done.
+    async fn finish_sampling(
+        &self,
+        job_id: String,
+        out_url: String,
+        mut manifest: SampleManifest,
+        reports: Vec<DoneReport>,
+    ) {
+        let result = async {
+            let out = Location::parse(&out_url)?;
+            let mut parts: Vec<SamplePart> = Vec::new();
+            for r in &reports {
+                for o in &r.outputs {
+                    // outputs are "path:rows:synthetic"
+                    let mut it = o.rsplitn(3, ':');
+                    let synthetic = it.next() == Some("true");
+                    let rows = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let path = it.next().unwrap_or_default().to_string();
+                    parts.push(SamplePart { path, rows, synthetic });
+                }
+            }
+            parts.sort_by(|a, b| a.path.cmp(&b.path));
+            manifest.synthetic_rows = parts.iter().filter(|p| p.synthetic).map(|p| p.rows).sum();
+            manifest.real_rows = parts.iter().filter(|p| !p.synthetic).map(|p| p.rows).sum();
+            manifest.parts = parts;
+            let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            out.put(SAMPLE_MANIFEST_NAME, Bytes::from(json)).await?;
+            out.put(SUCCESS_MARKER, Bytes::new()).await?;
+            Ok::<String, flowsynth_common::Error>(out.url().to_string())
+        }
+        .await;
+        let mut inner = self.lock();
+        let Some(entry) = inner.jobs.get_mut(&job_id) else { return };
+        match result {
+            Ok(url) => {
+                entry.job.state = JobState::Succeeded as i32;
+                entry.job.message = "sampling finished".into();
+                entry.job.result_url = url;
+                if let Some(p) = entry.job.progress.as_mut() {
+                    p.stage = "done".into();
+                }
+            }
+            Err(e) => {
+                entry.job.state = JobState::Failed as i32;
+                entry.job.message = format!("cannot publish the sample manifest: {e}");
+            }
+        }
+        self.publish(entry);
+    }
+}
+
+/// Validates a spec and prepares its work plan (reads the dataset or checkpoint).
+async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
+    let spec = job
+        .spec
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("job has no spec"))?;
+    match spec.kind.as_ref() {
+        Some(Kind::Train(t)) => {
+            let cfg = JobConfig::from_toml(&t.config_toml, "job config")
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let loc = Location::parse(&t.data_url)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let manifest = dataset::load_manifest(&loc)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            Location::parse(&t.checkpoints_url)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok(WorkPlan::Train {
+                groups: plan::row_groups(&manifest),
+                batch_size: cfg.train.batch_size as u64,
+            })
+        }
+        Some(Kind::Sample(s)) => {
+            let ckpt = checkpoint::resolve(&s.checkpoint_url)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let ds = ckpt
+                .dataset()
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let classes_known = ds
+                .classes()
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            if s.classes.is_empty() && !s.with_real {
+                return Err(Status::invalid_argument(
+                    "no classes requested (e.g. --classes 'neptune=2000,satan=500')",
+                ));
+            }
+            let mut classes = Vec::new();
+            for c in &s.classes {
+                if !classes_known.contains(&c.class_name) {
+                    return Err(Status::invalid_argument(format!(
+                        "class `{}` is not in the training data; known classes: {}",
+                        c.class_name,
+                        classes_known.join(", ")
+                    )));
+                }
+                classes.push((c.class_name.clone(), c.count));
+            }
+            Location::parse(&s.out_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let chunks = plan::sample_chunks(&classes, s.seed);
+            let manifest = SampleManifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                job_id: job.id.clone(),
+                checkpoint_url: ckpt.url.clone(),
+                seed: s.seed,
+                classes,
+                with_real: s.with_real,
+                synthetic_rows: 0,
+                real_rows: 0,
+                label_column: ds.label_column.clone(),
+                columns: ds.columns.clone(),
+                parts: vec![],
+            };
+            Ok(WorkPlan::Sample {
+                chunks,
+                manifest: Box::new(manifest),
+                out_url: s.out_url.clone(),
+            })
+        }
+        None => Err(Status::invalid_argument("job spec names neither train nor sample")),
+    }
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<Job, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Coordinator {
+    async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("missing spec"))?;
+        if spec.max_workers != 0 && spec.max_workers < spec.min_workers {
+            return Err(Status::invalid_argument("max_workers is below min_workers"));
+        }
+        if !matches!(spec.collective.as_str(), "" | "auto" | "tcp" | "nccl") {
+            return Err(Status::invalid_argument(format!(
+                "collective `{}` is not one of auto, tcp, nccl",
+                spec.collective
+            )));
+        }
+        let now = now_ms();
+        let mut job = Job {
+            id: format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            spec: Some(spec),
+            state: JobState::Pending as i32,
+            message: "waiting for workers".into(),
+            progress: Some(Progress {
+                stage: "waiting".into(),
+                ..Default::default()
+            }),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            result_url: String::new(),
+            generation: 1,
+            workers: vec![],
+        };
+        let plan = prepare(&job).await?;
+        job.updated_unix_ms = now_ms();
+        let mut inner = self.lock();
+        let (tx, _) = watch::channel(job.clone());
+        let mut entry = JobEntry {
+            job: job.clone(),
+            plan: Some(plan),
+            assignments: BTreeMap::new(),
+            arrived: BTreeMap::new(),
+            nccl_id: Vec::new(),
+            done: BTreeMap::new(),
+            tx,
+        };
+        self.publish(&mut entry);
+        inner.order.push(job.id.clone());
+        inner.jobs.insert(job.id.clone(), entry);
+        self.schedule(&mut inner);
+        tracing::info!("accepted job {}", job.id);
+        let snapshot = inner.jobs.get(&job.id).map(|e| e.job.clone()).unwrap_or(job);
+        Ok(Response::new(snapshot))
+    }
+
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.job_snapshot(&req.into_inner().job_id)?))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let inner = self.lock();
+        let jobs = inner
+            .order
+            .iter()
+            .filter_map(|id| inner.jobs.get(id).map(|e| e.job.clone()))
+            .collect();
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let id = req.into_inner().job_id;
+        let mut inner = self.lock();
+        let members: Vec<String> = {
+            let entry = inner
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
+            if is_terminal(entry.job.state) {
+                return Err(Status::failed_precondition(format!(
+                    "job `{id}` already ended ({})",
+                    entry.job.state().as_str_name()
+                )));
+            }
+            entry.job.state = JobState::Cancelled as i32;
+            entry.job.message = "cancelled by user".into();
+            self.publish(entry);
+            entry.assignments.keys().cloned().collect()
+        };
+        for w in members {
+            if let Some(worker) = inner.workers.get_mut(&w) {
+                if worker.job.as_deref() == Some(id.as_str()) {
+                    worker.job = None;
+                }
+            }
+        }
+        self.schedule(&mut inner);
+        Ok(Response::new(inner.jobs[&id].job.clone()))
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        req: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = req.into_inner().job_id;
+        let mut rx = {
+            let inner = self.lock();
+            inner
+                .jobs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?
+                .tx
+                .subscribe()
+        };
+        let stream = async_stream(move |tx: mpsc::Sender<Result<Job, Status>>| async move {
+            loop {
+                let job = rx.borrow_and_update().clone();
+                let end = is_terminal(job.state);
+                if tx.send(Ok(job)).await.is_err() || end {
+                    break;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a spawned producer.
+fn async_stream<F, Fut>(producer: F) -> JobStream
+where
+    F: FnOnce(mpsc::Sender<Result<Job, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl WorkerService for Coordinator {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let r = req.into_inner();
+        let id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.workers.insert(
+            id.clone(),
+            WorkerEntry {
+                hostname: r.hostname.clone(),
+                last_seen: Instant::now(),
+                job: None,
+                seq,
+            },
+        );
+        tracing::info!("worker {id} registered from {} ({})", r.hostname, r.device);
+        self.schedule(&mut inner);
+        self.changed.notify_waiters();
+        Ok(Response::new(RegisterResponse {
+            worker_id: id,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = req.into_inner().worker_id;
+        let mut inner = self.lock();
+        let Some(w) = inner.workers.get_mut(&id) else {
+            return Ok(Response::new(HeartbeatResponse {
+                known: false,
+                stop_job_ids: vec![],
+            }));
+        };
+        w.last_seen = Instant::now();
+        // Jobs that ended while this worker still runs them.
+        let stop_job_ids = inner
+            .jobs
+            .values()
+            .filter(|e| is_terminal(e.job.state) && e.assignments.contains_key(&id) && !e.done.values().any(|d| d.worker_id == id))
+            .map(|e| e.job.id.clone())
+            .collect();
+        Ok(Response::new(HeartbeatResponse {
+            known: true,
+            stop_job_ids,
+        }))
+    }
+
+    async fn get_assignment(
+        &self,
+        req: Request<GetAssignmentRequest>,
+    ) -> Result<Response<GetAssignmentResponse>, Status> {
+        let r = req.into_inner();
+        let wait = Duration::from_millis(r.wait_ms as u64).min(self.config.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut inner = self.lock();
+                let Some(w) = inner.workers.get_mut(&r.worker_id) else {
+                    return Err(Status::not_found(format!(
+                        "unknown worker `{}`; register again",
+                        r.worker_id
+                    )));
+                };
+                w.last_seen = Instant::now();
+                if w.job.is_none() {
+                    self.schedule(&mut inner);
+                }
+                let job = inner.workers.get(&r.worker_id).and_then(|w| w.job.clone());
+                if let Some(job) = job {
+                    if let Some(a) = inner
+                        .jobs
+                        .get(&job)
+                        .and_then(|e| e.assignments.get(&r.worker_id))
+                    {
+                        return Ok(Response::new(GetAssignmentResponse {
+                            assignment: Some(a.clone()),
+                        }));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Response::new(GetAssignmentResponse { assignment: None }));
+            }
+        }
+    }
+
+    async fn rendezvous(
+        &self,
+        req: Request<RendezvousRequest>,
+    ) -> Result<Response<RendezvousResponse>, Status> {
+        let r = req.into_inner();
+        let wait = Duration::from_millis(r.wait_ms as u64).min(self.config.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut inner = self.lock();
+                let entry = inner
+                    .jobs
+                    .get_mut(&r.job_id)
+                    .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
+                let abort = |message: String| {
+                    Ok(Response::new(RendezvousResponse {
+                        complete: false,
+                        peers: vec![],
+                        nccl_unique_id: vec![],
+                        abort: true,
+                        message,
+                    }))
+                };
+                if is_terminal(entry.job.state) {
+                    return abort(format!("job ended: {}", entry.job.message));
+                }
+                if entry.job.generation != r.generation {
+                    return abort(format!(
+                        "generation {} is stale (now {})",
+                        r.generation, entry.job.generation
+                    ));
+                }
+                match entry.assignments.get(&r.worker_id) {
+                    Some(a) if a.rank == r.rank => {}
+                    _ => {
+                        return Err(Status::permission_denied(format!(
+                            "worker `{}` is not rank {} of job `{}`",
+                            r.worker_id, r.rank, r.job_id
+                        )));
+                    }
+                }
+                // Re-arrival (a retried call) just refreshes the address.
+                entry.arrived.insert(r.rank, r.collective_address.clone());
+                if r.rank == 0 && !r.nccl_unique_id.is_empty() {
+                    entry.nccl_id = r.nccl_unique_id.clone();
+                }
+                let world = entry.assignments.len();
+                if entry.arrived.len() == world {
+                    let peers = entry
+                        .arrived
+                        .iter()
+                        .map(|(&rank, address)| Peer {
+                            rank,
+                            address: address.clone(),
+                        })
+                        .collect();
+                    let nccl_unique_id = entry.nccl_id.clone();
+                    self.changed.notify_waiters();
+                    return Ok(Response::new(RendezvousResponse {
+                        complete: true,
+                        peers,
+                        nccl_unique_id,
+                        abort: false,
+                        message: String::new(),
+                    }));
+                }
+                self.changed.notify_waiters();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Response::new(RendezvousResponse {
+                    complete: false,
+                    peers: vec![],
+                    nccl_unique_id: vec![],
+                    abort: false,
+                    message: "waiting for the other ranks".into(),
+                }));
+            }
+        }
+    }
+
+    async fn report_progress(
+        &self,
+        req: Request<ProgressReport>,
+    ) -> Result<Response<ProgressAck>, Status> {
+        let r = req.into_inner();
+        let mut inner = self.lock();
+        if let Some(w) = inner.workers.get_mut(&r.worker_id) {
+            w.last_seen = Instant::now();
+        }
+        let entry = inner
+            .jobs
+            .get_mut(&r.job_id)
+            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
+        if is_terminal(entry.job.state) || !entry.assignments.contains_key(&r.worker_id) {
+            return Ok(Response::new(ProgressAck { stop: true }));
+        }
+        // Rank 0 speaks for the job; other ranks only count as alive.
+        if r.rank == 0 {
+            entry.job.progress = r.progress;
+            self.publish(entry);
+        }
+        Ok(Response::new(ProgressAck { stop: false }))
+    }
+
+    async fn report_done(&self, req: Request<DoneReport>) -> Result<Response<DoneAck>, Status> {
+        let r = req.into_inner();
+        let mut finish: Option<(String, String, SampleManifest, Vec<DoneReport>)> = None;
+        {
+            let mut inner = self.lock();
+            if let Some(w) = inner.workers.get_mut(&r.worker_id) {
+                w.last_seen = Instant::now();
+                if w.job.as_deref() == Some(r.job_id.as_str()) {
+                    w.job = None;
+                }
+            }
+            let Some(entry) = inner.jobs.get_mut(&r.job_id) else {
+                return Err(Status::not_found(format!("no job `{}`", r.job_id)));
+            };
+            if !entry.assignments.contains_key(&r.worker_id) || is_terminal(entry.job.state) {
+                self.changed.notify_waiters();
+                return Ok(Response::new(DoneAck {}));
+            }
+            if !r.success {
+                let msg = format!("rank {} ({}) failed: {}", r.rank, r.worker_id, r.message);
+                tracing::warn!("job {}: {msg}", r.job_id);
+                let id = r.job_id.clone();
+                self.fail_job(&mut inner, &id, msg);
+                self.schedule(&mut inner);
+                return Ok(Response::new(DoneAck {}));
+            }
+            entry.done.insert(r.rank, r.clone());
+            if entry.done.len() == entry.assignments.len() {
+                match &entry.plan {
+                    Some(WorkPlan::Sample {
+                        manifest, out_url, ..
+                    }) => {
+                        entry.job.message = "publishing the sample manifest".into();
+                        finish = Some((
+                            entry.job.id.clone(),
+                            out_url.clone(),
+                            (**manifest).clone(),
+                            entry.done.values().cloned().collect(),
+                        ));
+                    }
+                    _ => {
+                        entry.job.state = JobState::Succeeded as i32;
+                        entry.job.message = "training finished".into();
+                        entry.job.result_url = entry
+                            .done
+                            .get(&0)
+                            .map(|d| d.result_url.clone())
+                            .unwrap_or_default();
+                        if let Some(p) = entry.job.progress.as_mut() {
+                            p.stage = "done".into();
+                        }
+                    }
+                }
+                self.publish(entry);
+            }
+            self.schedule(&mut inner);
+        }
+        if let Some((id, out_url, manifest, reports)) = finish {
+            self.finish_sampling(id, out_url, manifest, reports).await;
+        }
+        Ok(Response::new(DoneAck {}))
+    }
+}

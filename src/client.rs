@@ -1,0 +1,238 @@
+//! Client side of the CLI: job submission, status, cancellation, progress display, and the
+//! embedded mode that runs a coordinator and a worker on loopback inside this process.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use flowsynth_proto::job_service_client::JobServiceClient;
+use flowsynth_proto::{
+    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, SubmitJobRequest,
+    WatchJobRequest, job_spec::Kind,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+async fn connect(url: &str) -> Result<JobServiceClient<Channel>> {
+    let channel = flowsynth_worker::runtime::connect(url, Duration::from_secs(10)).await?;
+    Ok(JobServiceClient::new(channel))
+}
+
+fn state_name(job: &Job) -> &'static str {
+    match job.state() {
+        JobState::Pending => "pending",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Unspecified => "unknown",
+    }
+}
+
+fn kind_name(job: &Job) -> &'static str {
+    match job.spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(Kind::Train(_)) => "train",
+        Some(Kind::Sample(_)) => "sample",
+        None => "?",
+    }
+}
+
+fn progress_line(job: &Job) -> String {
+    let Some(p) = &job.progress else {
+        return String::new();
+    };
+    match p.stage.as_str() {
+        "vae" | "diffusion" => format!(
+            "{} epoch {}/{} step {}/{} loss {:.4} {:.0} rows/s",
+            p.stage, p.epoch, p.epochs, p.step, p.steps_per_epoch, p.loss, p.rows_per_second
+        ),
+        "sampling" => format!("sampling {}/{} rows", p.rows_done, p.rows_total),
+        other => other.to_string(),
+    }
+}
+
+/// Submits a job; with `wait`, follows it to the end.
+pub async fn submit(coordinator: &str, spec: JobSpec, wait: bool) -> Result<()> {
+    let mut client = connect(coordinator).await?;
+    let job = client
+        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| anyhow::anyhow!("job rejected: {}", s.message()))?
+        .into_inner();
+    println!("submitted {} ({})", job.id, state_name(&job));
+    if wait {
+        let job = follow(&mut client, &job.id).await?;
+        finish(&job)?;
+    }
+    Ok(())
+}
+
+/// Prints one job or a table of all jobs.
+pub async fn status(coordinator: &str, job: Option<&str>, verbose: bool) -> Result<()> {
+    let mut client = connect(coordinator).await?;
+    match job {
+        Some(id) => {
+            let job = client
+                .get_job(GetJobRequest { job_id: id.into() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if verbose {
+                println!("{job:#?}");
+            } else {
+                println!("job:      {}", job.id);
+                println!("kind:     {}", kind_name(&job));
+                println!("state:    {}", state_name(&job));
+                println!("message:  {}", job.message);
+                println!("progress: {}", progress_line(&job));
+                println!("workers:  {}", job.workers.join(", "));
+                if !job.result_url.is_empty() {
+                    println!("result:   {}", job.result_url);
+                }
+            }
+        }
+        None => {
+            let jobs = client
+                .list_jobs(ListJobsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .jobs;
+            if jobs.is_empty() {
+                println!("no jobs");
+            }
+            println!("{:<18} {:<7} {:<10} {}", "JOB", "KIND", "STATE", "PROGRESS");
+            for job in jobs {
+                println!(
+                    "{:<18} {:<7} {:<10} {}",
+                    job.id,
+                    kind_name(&job),
+                    state_name(&job),
+                    progress_line(&job)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn cancel(coordinator: &str, id: &str) -> Result<()> {
+    let mut client = connect(coordinator).await?;
+    let job = client
+        .cancel_job(CancelJobRequest { job_id: id.into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{} {}", job.id, state_name(&job));
+    Ok(())
+}
+
+/// Follows a job with a progress bar until it reaches a terminal state; returns that state.
+async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
+    let mut stream = client
+        .watch_job(WatchJobRequest { job_id: id.into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut bar: Option<(String, ProgressBar)> = None;
+    let mut last = None;
+    while let Some(job) = stream.message().await.context("lost the coordinator")? {
+        if let Some(p) = &job.progress {
+            let (len, pos, msg) = match p.stage.as_str() {
+                "vae" | "diffusion" => (
+                    p.epochs as u64 * p.steps_per_epoch,
+                    (p.epoch.saturating_sub(1)) as u64 * p.steps_per_epoch + p.step,
+                    format!("epoch {}/{} loss {:.4} {:.0} rows/s", p.epoch, p.epochs, p.loss, p.rows_per_second),
+                ),
+                "sampling" => (p.rows_total, p.rows_done, "rows".to_string()),
+                _ => (0, 0, String::new()),
+            };
+            if len > 0 {
+                if bar.as_ref().map(|(s, _)| s != &p.stage).unwrap_or(true) {
+                    if let Some((_, b)) = bar.take() {
+                        b.finish();
+                    }
+                    let b = ProgressBar::new(len).with_style(style.clone());
+                    b.set_prefix(p.stage.clone());
+                    bar = Some((p.stage.clone(), b));
+                }
+                if let Some((_, b)) = &bar {
+                    b.set_length(len);
+                    b.set_position(pos.min(len));
+                    b.set_message(msg);
+                }
+            }
+        }
+        last = Some(job);
+    }
+    if let Some((_, b)) = bar {
+        b.finish();
+    }
+    last.context("the coordinator sent no job state")
+}
+
+fn finish(job: &Job) -> Result<()> {
+    match job.state() {
+        JobState::Succeeded => {
+            println!("{} succeeded: {}", job.id, job.result_url);
+            Ok(())
+        }
+        _ => bail!("{} {}: {}", job.id, state_name(job), job.message),
+    }
+}
+
+/// Runs one job in-process: a coordinator on 127.0.0.1 (state in a temporary directory) and one
+/// worker connected to it over real gRPC, exactly as separate processes would be.
+pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
+    let state = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let store = flowsynth_common::store::Location::parse(
+        state.path().to_str().context("temporary directory is not UTF-8")?,
+    )?;
+    let listener = flowsynth_coordinator::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr().context("no local address")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flowsynth_coordinator::serve(
+        listener,
+        store,
+        flowsynth_coordinator::CoordinatorConfig::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let url = format!("http://{addr}");
+    let worker = tokio::spawn(flowsynth_worker::run(
+        flowsynth_worker::WorkerOptions {
+            coordinator: url.clone(),
+            device: device.to_string(),
+            max_jobs: 1,
+            ..Default::default()
+        },
+        std::future::pending(),
+    ));
+    let mut client = connect(&url).await?;
+    let job = client
+        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    tracing::info!("job {} submitted to the embedded coordinator at {url}", job.id);
+    let outcome = tokio::select! {
+        r = follow(&mut client, &job.id) => r,
+        _ = tokio::signal::ctrl_c() => {
+            let _ = client.cancel_job(CancelJobRequest { job_id: job.id.clone() }).await;
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), worker).await {
+        Ok(Ok(Err(e))) => tracing::warn!("worker ended with: {e}"),
+        Ok(Err(e)) => tracing::warn!("worker task failed: {e}"),
+        _ => {}
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    finish(&outcome?)
+}

@@ -1,0 +1,449 @@
+//! `flowsynth`: the one user-facing binary. Each subcommand maps its flags onto the typed
+//! structs of the library crates; errors get their context here (anyhow at the edge only).
+
+mod client;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use flowsynth_common::config::JobConfig;
+use flowsynth_common::convert::{self, ConvertOptions, Preset};
+use flowsynth_common::manifest::NonFinitePolicy;
+use flowsynth_common::store::Location;
+use flowsynth_proto::{ClassCount, JobSpec, SampleSpec, TrainSpec, job_spec::Kind};
+
+#[derive(Parser)]
+#[command(
+    name = "flowsynth",
+    version,
+    about = "Learn the distribution of network flows and generate realistic attack flows",
+    long_about = "flowsynth converts intrusion-detection CSVs to Parquet datasets, trains a \
+class-conditional latent diffusion model on them (locally or on a cluster of workers driven by a \
+coordinator), and samples synthetic flows per class to rebalance detector training data.\n\n\
+Locations (--out, --data, --checkpoints, --store) are local paths or object-store URLs: \
+file:///abs/dir, s3://bucket/prefix (AWS_* environment variables; AWS_ENDPOINT_URL and \
+AWS_ALLOW_HTTP=true for a local server), gs://bucket/prefix, az://container/prefix."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert IDS CSV files (.csv or .csv.gz) into a Parquet dataset with a dataset.json manifest.
+    Convert(ConvertArgs),
+    /// Train on one machine: starts a coordinator and a worker on loopback and runs one job.
+    Train(TrainArgs),
+    /// Sample on one machine from a checkpoint: starts a coordinator and a worker on loopback.
+    Sample(SampleArgs),
+    /// Run the coordinator (gRPC control plane for jobs and workers).
+    Coordinator(CoordinatorArgs),
+    /// Run a worker that takes training and sampling assignments from a coordinator.
+    Worker(WorkerArgs),
+    /// Submit a job to a running coordinator.
+    #[command(subcommand)]
+    Submit(SubmitCommand),
+    /// Show one job in detail, or list all jobs.
+    Status(StatusArgs),
+    /// Cancel a job.
+    Cancel(CancelArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input layout: nsl-kdd (no header), cic-ids-2017, ciciot2023, or generic (infer types).
+    #[arg(long, value_parser = ["nsl-kdd", "cic-ids-2017", "ciciot2023", "generic"])]
+    preset: String,
+    /// Label column (defaults: nsl-kdd `label`, cic-ids-2017 `Label`, ciciot2023
+    /// `label_multiclass`; generic: a column named label or class).
+    #[arg(long)]
+    label: Option<String>,
+    /// Extra columns to drop, comma-separated (names as in the header, trimmed).
+    #[arg(long, value_delimiter = ',')]
+    drop: Vec<String>,
+    /// Rows with NaN or Infinity in a numeric column: drop (and count) them, replace with zero,
+    /// or stop with an error.
+    #[arg(long, default_value = "drop", value_parser = ["drop", "zero", "error"])]
+    non_finite: String,
+    /// Drop exact duplicate rows (counted in the manifest).
+    #[arg(long)]
+    dedup: bool,
+    /// Rows per Parquet part file.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows_per_part: usize,
+    /// Rows per row group (the unit the coordinator shards by).
+    #[arg(long, default_value_t = 65_536)]
+    row_group_rows: usize,
+    /// Replace an existing dataset at --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// Destination: local directory or object-store URL.
+    #[arg(long)]
+    out: String,
+    /// Input files (.csv or .csv.gz).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+/// Flags shared by `train` and `submit train`; they override the --config file.
+#[derive(Args, Clone)]
+struct TrainJobArgs {
+    /// Dataset written by `flowsynth convert`.
+    #[arg(long)]
+    data: String,
+    /// Where checkpoints are committed (training resumes from the newest one found there).
+    #[arg(long)]
+    checkpoints: String,
+    /// Job file (TOML with [train] and [model] tables; see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// VAE epochs (the denoiser trains for `diffusion_epochs`, default twice this).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Denoiser epochs.
+    #[arg(long)]
+    diffusion_epochs: Option<usize>,
+    /// Rows per step on each worker.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train on at most this many rows (a seeded uniform subset).
+    #[arg(long)]
+    max_rows: Option<u64>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl TrainJobArgs {
+    fn job_config(&self) -> Result<JobConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                JobConfig::from_toml(&text, &path.display().to_string())?
+            }
+            None => JobConfig::default(),
+        };
+        if let Some(v) = self.epochs {
+            cfg.train.epochs = v;
+        }
+        if let Some(v) = self.diffusion_epochs {
+            cfg.train.diffusion_epochs = Some(v);
+        }
+        if let Some(v) = self.batch_size {
+            cfg.train.batch_size = v;
+        }
+        if let Some(v) = self.seed {
+            cfg.train.seed = v;
+        }
+        if let Some(v) = self.max_rows {
+            cfg.train.max_rows = v;
+        }
+        if let Some(v) = &self.device {
+            cfg.train.device = v.clone();
+        }
+        cfg.validate()
+            .map_err(|m| anyhow::anyhow!("invalid training options: {m}"))?;
+        Ok(cfg)
+    }
+
+    fn spec(&self) -> Result<JobSpec> {
+        let cfg = self.job_config()?;
+        Ok(JobSpec {
+            kind: Some(Kind::Train(TrainSpec {
+                data_url: absolute(&self.data),
+                checkpoints_url: absolute(&self.checkpoints),
+                config_toml: cfg.to_toml(),
+            })),
+            min_workers: 1,
+            max_workers: 1,
+            collective: "auto".into(),
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct SampleJobArgs {
+    /// A checkpoints location (its newest committed checkpoint) or one checkpoint directory.
+    #[arg(long)]
+    checkpoint: String,
+    /// Rows to generate per class, e.g. 'neptune=2000,satan=500'.
+    #[arg(long, default_value = "")]
+    classes: String,
+    /// Output location for Parquet parts, sample.json and _SUCCESS.
+    #[arg(long)]
+    out: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the real training rows (synthetic = false): the augmented dataset.
+    #[arg(long)]
+    with_real: bool,
+    /// Sampler steps (default: the checkpoint's config).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Classifier-free guidance scale (default: the checkpoint's config).
+    #[arg(long)]
+    guidance: Option<f64>,
+}
+
+impl SampleJobArgs {
+    fn spec(&self) -> Result<JobSpec> {
+        Ok(JobSpec {
+            kind: Some(Kind::Sample(SampleSpec {
+                checkpoint_url: absolute(&self.checkpoint),
+                classes: parse_classes(&self.classes)?,
+                out_url: absolute(&self.out),
+                seed: self.seed,
+                with_real: self.with_real,
+                steps: self.steps.unwrap_or(0),
+                guidance_scale: self.guidance.unwrap_or(0.0),
+            })),
+            min_workers: 1,
+            max_workers: 1,
+            collective: "auto".into(),
+        })
+    }
+}
+
+/// Parses `name=count,name=count`. Class names may contain spaces and dashes, not `=` or `,`.
+fn parse_classes(s: &str) -> Result<Vec<ClassCount>> {
+    let mut out: Vec<ClassCount> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, count) = item
+            .rsplit_once('=')
+            .with_context(|| format!("--classes: `{item}` is not NAME=COUNT"))?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .with_context(|| format!("--classes: count `{count}` of `{name}` is not a number"))?;
+        let name = name.trim().to_string();
+        if out.iter().any(|c| c.class_name == name) {
+            bail!("--classes names `{name}` twice");
+        }
+        out.push(ClassCount {
+            class_name: name,
+            count,
+        });
+    }
+    Ok(out)
+}
+
+/// Local paths are made absolute so a coordinator or worker in another directory finds them.
+fn absolute(spec: &str) -> String {
+    if spec.contains("://") {
+        return spec.to_string();
+    }
+    std::path::absolute(spec)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| spec.to_string())
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    job: TrainJobArgs,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    job: SampleJobArgs,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Where job records are persisted (local directory or object-store URL).
+    #[arg(long)]
+    store: String,
+    /// Seconds without heartbeat after which a worker counts as dead.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_timeout: u64,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Exit after this many jobs (0 = serve until stopped).
+    #[arg(long, default_value_t = 0)]
+    max_jobs: usize,
+}
+
+#[derive(Subcommand)]
+enum SubmitCommand {
+    /// Submit a training job.
+    Train {
+        #[command(flatten)]
+        job: TrainJobArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Submit a sampling job.
+    Sample {
+        #[command(flatten)]
+        job: SampleJobArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Args)]
+struct RemoteArgs {
+    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Number of workers the job uses.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Follow the job's progress until it ends (exit code says how it ended).
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Job id; without it, all jobs are listed.
+    job: Option<String>,
+    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Print JSON-like detail (the full job record).
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    job: String,
+    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Convert(a) => run_convert(a).await,
+        Command::Train(a) => {
+            let spec = a.job.spec()?;
+            let device = a.job.job_config()?.train.device;
+            client::run_embedded(spec, &device).await
+        }
+        Command::Sample(a) => client::run_embedded(a.job.spec()?, &a.device).await,
+        Command::Coordinator(a) => {
+            let store = Location::parse(&a.store)?;
+            let listener = flowsynth_coordinator::bind(&a.listen).await?;
+            // The bound address goes to stdout (a `--listen 127.0.0.1:0` caller learns the port).
+            println!("listening on {}", listener.local_addr()?);
+            let config = flowsynth_coordinator::CoordinatorConfig {
+                heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout.max(1)),
+                ..Default::default()
+            };
+            flowsynth_coordinator::serve(listener, store, config, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Worker(a) => {
+            let opts = flowsynth_worker::WorkerOptions {
+                coordinator: a.coordinator,
+                device: a.device,
+                max_jobs: a.max_jobs,
+                ..Default::default()
+            };
+            flowsynth_worker::run(opts, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Submit(SubmitCommand::Train { job, remote }) => {
+            let mut spec = job.spec()?;
+            spec.min_workers = remote.workers.max(1);
+            spec.max_workers = remote.workers.max(1);
+            client::submit(&remote.coordinator, spec, remote.wait).await
+        }
+        Command::Submit(SubmitCommand::Sample { job, remote }) => {
+            let mut spec = job.spec()?;
+            spec.min_workers = remote.workers.max(1);
+            spec.max_workers = remote.workers.max(1);
+            client::submit(&remote.coordinator, spec, remote.wait).await
+        }
+        Command::Status(a) => client::status(&a.coordinator, a.job.as_deref(), a.verbose).await,
+        Command::Cancel(a) => client::cancel(&a.coordinator, &a.job).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+async fn run_convert(a: ConvertArgs) -> Result<()> {
+    let preset: Preset = a.preset.parse()?;
+    let opts = ConvertOptions {
+        preset,
+        label: a.label,
+        drop: a.drop.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        non_finite: match a.non_finite.as_str() {
+            "zero" => NonFinitePolicy::Zero,
+            "error" => NonFinitePolicy::Error,
+            _ => NonFinitePolicy::Drop,
+        },
+        dedup: a.dedup,
+        rows_per_part: a.rows_per_part,
+        row_group_rows: a.row_group_rows,
+        overwrite: a.overwrite,
+        progress: true,
+    };
+    let out = Location::parse(&a.out)?;
+    let inputs = a.inputs.clone();
+    let manifest = tokio::task::spawn_blocking(move || convert::convert(&inputs, &out, &opts))
+        .await
+        .context("conversion thread failed")??;
+    println!(
+        "wrote {} rows in {} part(s) to {} ({} feature columns, {} classes, {} columns dropped, {} rows dropped)",
+        manifest.total_rows,
+        manifest.parts.len(),
+        absolute(&a.out),
+        manifest.features().count(),
+        manifest.class_counts.len(),
+        manifest.dropped_columns.len(),
+        manifest.rows_dropped.non_finite + manifest.rows_dropped.duplicates + manifest.rows_dropped.empty_label,
+    );
+    Ok(())
+}

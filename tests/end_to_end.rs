@@ -1,0 +1,372 @@
+//! End to end through every layer with real processes: `flowsynth convert` on a subset of the
+//! real NSL-KDD file, a coordinator and a worker as separate processes on loopback gRPC with a
+//! file-backed object store, a training job, a sampling job, and the results read back with the
+//! `parquet` crate (independently of flowsynth's own reader).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowsynth");
+
+fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    assert!(
+        dir.join("nsl-kdd/KDDTrain+.txt.gz").exists(),
+        "real data not found at {} (the shared data folder must sit beside the checkout)",
+        dir.display()
+    );
+    dir
+}
+
+/// Writes the first `rows` lines of the gzipped NSL-KDD train file as a plain CSV.
+fn nsl_subset(dir: &Path, rows: usize) -> PathBuf {
+    let gz = std::fs::File::open(data_dir().join("nsl-kdd/KDDTrain+.txt.gz")).unwrap();
+    let reader = BufReader::new(flate2::read::GzDecoder::new(gz));
+    let path = dir.join("kdd_subset.csv");
+    let mut out = std::fs::File::create(&path).unwrap();
+    for line in reader.lines().take(rows) {
+        writeln!(out, "{}", line.unwrap()).unwrap();
+    }
+    path
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("FLOWSYNTH_LOG", "warn")
+        .output()
+        .expect("cannot run flowsynth");
+    out
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "flowsynth {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_coordinator(state: &Path) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
+        .arg(state)
+        .env("FLOWSYNTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot start coordinator");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected coordinator output `{line}`"))
+        .to_string();
+    (Proc(child), format!("http://{addr}"))
+}
+
+fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn convert_train_and_sample_through_coordinator_and_worker_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let csv = nsl_subset(root, 6000);
+    let dataset = root.join("dataset");
+    let ckpts = root.join("checkpoints");
+    let out = root.join("augmented");
+
+    // 1. convert
+    run_ok(&[
+        "convert",
+        "--preset",
+        "nsl-kdd",
+        csv.to_str().unwrap(),
+        "--out",
+        dataset.to_str().unwrap(),
+        "--row-group-rows",
+        "2000",
+    ]);
+    let ds = json(&dataset.join("dataset.json"));
+    assert_eq!(ds["total_rows"], 6000);
+    let columns = ds["columns"].as_array().unwrap().clone();
+    let classes: BTreeMap<String, u64> = ds["class_counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert!(classes.contains_key("neptune") && classes.contains_key("satan"));
+
+    // 2. coordinator + worker as processes
+    let (_coord, url) = start_coordinator(&root.join("state"));
+    let _worker = Proc(
+        Command::new(BIN)
+            .args(["worker", "--coordinator", &url, "--device", "cpu"])
+            .env("FLOWSYNTH_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+
+    // 3. train through the coordinator
+    let config = root.join("job.toml");
+    std::fs::write(
+        &config,
+        "[train]\nepochs = 2\ndiffusion_epochs = 3\nbatch_size = 512\ncheckpoint_every = 2\nthreads = 1\n\n[model]\ndenoiser_width = 64\nsampler_steps = 8\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let stdout = run_ok(&[
+        "submit",
+        "train",
+        "--coordinator",
+        &url,
+        "--data",
+        dataset.to_str().unwrap(),
+        "--checkpoints",
+        ckpts.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--wait",
+    ]);
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    eprintln!("training took {:?}", started.elapsed());
+
+    // The checkpoint: committed manifest listing every file with a matching sha256.
+    let latest = std::fs::read_to_string(ckpts.join("latest")).unwrap();
+    let ck = ckpts.join(latest.trim());
+    let manifest = json(&ck.join("manifest.json"));
+    assert_eq!(manifest["stage"], "done");
+    let files: Vec<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    for needed in [
+        "weights.safetensors",
+        "optimizer.safetensors",
+        "dataset.json",
+        "config.toml",
+        "state.json",
+    ] {
+        assert!(files.iter().any(|f| f == needed), "{needed} missing from {files:?}");
+        assert!(ck.join(needed).exists());
+    }
+    let config_saved = std::fs::read_to_string(ck.join("config.toml")).unwrap();
+    assert!(config_saved.contains("seed = 3"), "flag must override the file: {config_saved}");
+
+    // 4. sample through the coordinator
+    let stdout = run_ok(&[
+        "submit",
+        "sample",
+        "--coordinator",
+        &url,
+        "--checkpoint",
+        ckpts.to_str().unwrap(),
+        "--classes",
+        "neptune=300,satan=5000",
+        "--with-real",
+        "--seed",
+        "11",
+        "--out",
+        out.to_str().unwrap(),
+        "--wait",
+    ]);
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(out.join("_SUCCESS").exists());
+    let sample = json(&out.join("sample.json"));
+    assert_eq!(sample["synthetic_rows"], 5300);
+    assert_eq!(sample["real_rows"], 6000);
+
+    // 5. read every part back with the parquet crate and check schema, counts and validity.
+    let label = ds["label_column"].as_str().unwrap().to_string();
+    let mut synthetic_counts: HashMap<String, u64> = HashMap::new();
+    let mut real_counts: HashMap<String, u64> = HashMap::new();
+    let parts: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(parts.len() >= 3, "{parts:?}");
+    for part in &parts {
+        for batch in read_parquet(part) {
+            let schema = batch.schema();
+            assert_eq!(schema.fields().len(), columns.len() + 1);
+            assert_eq!(schema.field(columns.len()).name(), "synthetic");
+            let flags = batch.column(columns.len()).as_boolean().clone();
+            for (ci, col) in columns.iter().enumerate() {
+                let name = col["name"].as_str().unwrap();
+                assert_eq!(schema.field(ci).name(), name);
+                let array = batch.column(ci);
+                assert_eq!(array.null_count(), 0, "{name} has nulls");
+                match (col["role"].as_str().unwrap(), col["dtype"].as_str().unwrap()) {
+                    ("numeric", dtype) => {
+                        let (min, max) = (
+                            col["stats"]["min"].as_f64().unwrap(),
+                            col["stats"]["max"].as_f64().unwrap(),
+                        );
+                        let values: Vec<f64> = if dtype == "int64" {
+                            assert_eq!(array.data_type(), &arrow_schema::DataType::Int64, "{name}");
+                            array.as_primitive::<Int64Type>().values().iter().map(|&v| v as f64).collect()
+                        } else {
+                            assert_eq!(array.data_type(), &arrow_schema::DataType::Float64, "{name}");
+                            array.as_primitive::<Float64Type>().values().to_vec()
+                        };
+                        for v in values {
+                            assert!(v.is_finite() && v >= min - 1e-9 && v <= max + 1e-9, "{name}: {v} outside [{min}, {max}]");
+                        }
+                    }
+                    (_, dtype) => {
+                        let vocab: Vec<&str> = col["vocabulary"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap())
+                            .collect();
+                        let texts: Vec<String> = if dtype == "int64" {
+                            array.as_primitive::<Int64Type>().values().iter().map(|v| v.to_string()).collect()
+                        } else {
+                            array.as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
+                        };
+                        for (row, t) in texts.iter().enumerate() {
+                            assert!(vocab.contains(&t.as_str()), "{name}: `{t}` not in vocabulary");
+                            if name == label {
+                                let counts = if flags.value(row) { &mut synthetic_counts } else { &mut real_counts };
+                                *counts.entry(t.clone()).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(synthetic_counts.len(), 2, "{synthetic_counts:?}");
+    assert_eq!(synthetic_counts["neptune"], 300);
+    assert_eq!(synthetic_counts["satan"], 5000);
+    let real: BTreeMap<String, u64> = real_counts.into_iter().collect();
+    assert_eq!(real, classes, "real rows must be the training rows");
+
+    // 6. status lists both jobs as succeeded.
+    let status = run_ok(&["status", "--coordinator", &url]);
+    assert_eq!(status.matches("succeeded").count(), 2, "{status}");
+}
+
+#[test]
+fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let csv = nsl_subset(root, 3000);
+    let dataset = root.join("dataset");
+    run_ok(&["convert", "--preset", "nsl-kdd", csv.to_str().unwrap(), "--out", dataset.to_str().unwrap()]);
+    let ckpts = root.join("ck");
+    let args = [
+        "train",
+        "--data",
+        dataset.to_str().unwrap(),
+        "--checkpoints",
+        ckpts.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--diffusion-epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--device",
+        "cpu",
+    ];
+    run_ok(&args);
+    let first = std::fs::read_to_string(ckpts.join("latest")).unwrap();
+    // A second run finds the finished checkpoint and does no further work.
+    run_ok(&args);
+    assert_eq!(std::fs::read_to_string(ckpts.join("latest")).unwrap(), first);
+
+    let out = root.join("s");
+    let bad = run(&[
+        "sample",
+        "--checkpoint",
+        ckpts.to_str().unwrap(),
+        "--classes",
+        "no_such_attack=10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("no_such_attack") && err.contains("neptune"), "{err}");
+    assert!(!out.join("_SUCCESS").exists());
+
+    run_ok(&[
+        "sample",
+        "--checkpoint",
+        ckpts.to_str().unwrap(),
+        "--classes",
+        "normal=100",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let sample = json(&out.join("sample.json"));
+    assert_eq!(sample["synthetic_rows"], 100);
+    assert_eq!(sample["real_rows"], 0);
+}
+
+#[test]
+fn convert_of_a_ragged_file_fails_with_file_and_line_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bad.csv");
+    std::fs::write(&csv, "a,b,label\n1,2,x\n3,4\n").unwrap();
+    let out = tmp.path().join("out");
+    let res = run(&["convert", "--preset", "generic", csv.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("bad.csv") && err.contains(":3"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(&out).map(|d| d.collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = run_ok(&["--help"]);
+    for sub in ["convert", "train", "sample", "coordinator", "worker", "submit", "status", "cancel"] {
+        assert!(out.contains(sub), "{sub} missing from --help:\n{out}");
+    }
+}

@@ -1,0 +1,41 @@
+//! Errors of the worker crate.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Common(#[from] flowsynth_common::Error),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("cannot reach the coordinator at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("coordinator call `{call}` failed: {status}")]
+    Rpc {
+        call: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("the job was stopped (cancelled or failed elsewhere)")]
+    Stopped,
+    #[error("invalid assignment: {reason}")]
+    Assignment { reason: String },
+    #[error("device `{device}` is not usable: {reason}")]
+    Device { device: String, reason: String },
+    #[error("checkpoint {location}: {reason}")]
+    Checkpoint { location: String, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+        move |status| Error::Rpc { call, status }
+    }
+}
