@@ -711,7 +711,9 @@ impl WorkerService for Coordinator {
                     }
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::Instant::now() >= deadline
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
                 return Ok(Response::new(GetAssignmentResponse { assignment: None }));
             }
         }
@@ -759,10 +761,14 @@ impl WorkerService for Coordinator {
                         )));
                     }
                 }
-                // Re-arrival (a retried call) just refreshes the address.
+                // Re-arrival (a retried call) just refreshes the address. Only a change wakes
+                // the other waiters: waking ourselves would turn the long-poll into a spin.
+                let mut changed =
+                    entry.arrived.get(&r.rank) != Some(&r.collective_address);
                 entry.arrived.insert(r.rank, r.collective_address.clone());
-                if r.rank == 0 && !r.nccl_unique_id.is_empty() {
+                if r.rank == 0 && !r.nccl_unique_id.is_empty() && entry.nccl_id != r.nccl_unique_id {
                     entry.nccl_id = r.nccl_unique_id.clone();
+                    changed = true;
                 }
                 let world = entry.assignments.len();
                 if entry.arrived.len() == world {
@@ -775,7 +781,9 @@ impl WorkerService for Coordinator {
                         })
                         .collect();
                     let nccl_unique_id = entry.nccl_id.clone();
-                    self.changed.notify_waiters();
+                    if changed {
+                        self.changed.notify_waiters();
+                    }
                     return Ok(Response::new(RendezvousResponse {
                         complete: true,
                         peers,
@@ -784,9 +792,13 @@ impl WorkerService for Coordinator {
                         message: String::new(),
                     }));
                 }
-                self.changed.notify_waiters();
+                if changed {
+                    self.changed.notify_waiters();
+                }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::Instant::now() >= deadline
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
                 return Ok(Response::new(RendezvousResponse {
                     complete: false,
                     peers: vec![],
