@@ -1,0 +1,404 @@
+//! The generative model: TabSyn-style latent diffusion with class conditioning (DESIGN.md §3).
+//!
+//! Rows are encoded by the [`Preprocessor`] (normal-quantile transform, ordinal codes), embedded
+//! by a Transformer [`Vae`] whose posterior means are the latent rows, normalised as
+//! `(z - mean) / 2` (TabSyn), and modelled by a class-conditioned EDM [`Denoiser`]. Sampling runs
+//! the Heun sampler in that space, undoes the normalisation, decodes with the VAE decoder and
+//! inverts the preprocessing.
+//!
+//! [`FlowModel`] holds the networks and the latent statistics; [`Trainer`] runs the two training
+//! stages (VAE, then denoiser) with two Adam optimisers and a checkpointable [`TrainState`].
+//!
+//! All randomness (initial weights, noise, data order) is drawn in Rust from the seed (see
+//! `rng`), so the same seed, data and configuration give the same weights and losses on CPU, on
+//! any thread.
+
+pub mod denoiser;
+pub mod edm;
+pub mod error;
+mod layers;
+pub mod optim;
+pub mod preprocess;
+mod rng;
+mod trainer;
+pub mod vae;
+
+use std::collections::HashMap;
+
+use flowsynth_common::config::ModelConfig;
+use flowsynth_common::manifest::DatasetManifest;
+use flowsynth_common::table::Table;
+use tch::{Device, Kind, Tensor};
+
+pub use denoiser::Denoiser;
+pub use edm::{EdmNoise, SamplerOptions};
+pub use error::{ModelError, Result};
+pub use optim::{Adam, AdamConfig};
+pub use preprocess::{Batch, Preprocessor, probit};
+pub use trainer::{EpochReport, Stage, TrainState, Trainer};
+pub use vae::{Vae, VaeLoss, VaeShape};
+
+use layers::{Builder, matrix};
+use rng::{Stream, derive, row_normals, tag};
+
+/// Rows generated (and decoded) per chunk in [`FlowModel::sample`]; bounds memory for large
+/// requests.
+pub const SAMPLE_CHUNK_ROWS: usize = 4096;
+
+/// Name of the per-dimension latent mean buffer (`[latent_dim]`).
+pub const LATENT_MEAN: &str = "latent.mean";
+/// Name of the "latent statistics fitted" flag buffer (`[1]`, 0 or 1).
+pub const LATENT_FITTED: &str = "latent.fitted";
+
+/// Preprocessing, VAE, denoiser and latent statistics of one dataset.
+#[derive(Debug)]
+pub struct FlowModel {
+    pre: Preprocessor,
+    vae: Vae,
+    denoiser: Denoiser,
+    /// `vae.*` variables in creation order.
+    vae_params: Vec<(String, Tensor)>,
+    /// `denoiser.*` variables in creation order.
+    denoiser_params: Vec<(String, Tensor)>,
+    /// `[latent_dim]` mean of the VAE posterior means over the training rows.
+    latent_mean: Tensor,
+    /// `[1]`: 1 once `latent_mean` is fitted.
+    latent_fitted: Tensor,
+    config: ModelConfig,
+    device: Device,
+}
+
+impl FlowModel {
+    /// Builds the networks for `manifest`'s columns with weights drawn from `seed` (the same seed
+    /// gives the same weights, on any device).
+    pub fn new(
+        manifest: &DatasetManifest,
+        cfg: &ModelConfig,
+        device: Device,
+        seed: u64,
+    ) -> Result<Self> {
+        for (key, v) in [
+            ("model.d_token", cfg.d_token),
+            ("model.n_heads", cfg.n_heads),
+            ("model.ffn_dim", cfg.ffn_dim),
+            ("model.n_layers", cfg.n_layers),
+            ("model.denoiser_width", cfg.denoiser_width),
+        ] {
+            if v < 1 {
+                return Err(ModelError::InvalidConfig {
+                    key,
+                    reason: format!("{v} is not positive"),
+                });
+            }
+        }
+        let pre = Preprocessor::new(manifest)?;
+        let shape = VaeShape {
+            n_num: pre.n_num() as i64,
+            cardinalities: pre.cardinalities().to_vec(),
+            d_token: cfg.d_token,
+            n_heads: cfg.n_heads,
+            ffn_dim: cfg.ffn_dim,
+            n_layers: cfg.n_layers,
+        };
+        let latent_dim = shape.latent_dim();
+        let mut rng = Stream::new(derive(seed, &[tag::INIT]));
+        let mut vae_params = Vec::new();
+        let vae = Vae::new(
+            &mut Builder::new(&mut vae_params, &mut rng, device, "vae"),
+            shape,
+        )?;
+        let mut denoiser_params = Vec::new();
+        let denoiser = Denoiser::new(
+            &mut Builder::new(&mut denoiser_params, &mut rng, device, "denoiser"),
+            latent_dim,
+            cfg.denoiser_width,
+            pre.classes() as i64,
+        )?;
+        Ok(Self {
+            latent_mean: Tensor::f_zeros([latent_dim], (Kind::Float, device))?,
+            latent_fitted: Tensor::f_zeros([1], (Kind::Float, device))?,
+            pre,
+            vae,
+            denoiser,
+            vae_params,
+            denoiser_params,
+            config: cfg.clone(),
+            device,
+        })
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.pre
+    }
+
+    pub fn vae(&self) -> &Vae {
+        &self.vae
+    }
+
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Width of a latent row (`n_tokens * d_token`).
+    pub fn latent_dim(&self) -> i64 {
+        self.vae.shape().latent_dim()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.pre.classes()
+    }
+
+    /// The VAE's trainable variables (shallow clones), in a fixed order.
+    pub fn vae_params(&self) -> Vec<(String, Tensor)> {
+        shallow(&self.vae_params)
+    }
+
+    /// The denoiser's trainable variables (shallow clones), in a fixed order.
+    pub fn denoiser_params(&self) -> Vec<(String, Tensor)> {
+        shallow(&self.denoiser_params)
+    }
+
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        vec![
+            (LATENT_MEAN.to_string(), self.latent_mean.shallow_clone()),
+            (
+                LATENT_FITTED.to_string(),
+                self.latent_fitted.shallow_clone(),
+            ),
+        ]
+    }
+
+    /// Every weight and buffer, by stable name (`vae.*`, `denoiser.*`, `latent.*`): what a
+    /// checkpoint stores. The tensors share storage with the model.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.vae_params();
+        out.extend(self.denoiser_params());
+        out.extend(self.buffers());
+        out
+    }
+
+    /// Copies `tensors` (any device, float kind) into the model. Every tensor of
+    /// [`FlowModel::named_tensors`] must be present with its shape, and nothing else; errors
+    /// name the offending tensor and leave the model unchanged.
+    pub fn load_named_tensors(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let mut by_name: HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let targets = self.named_tensors();
+        let mut pairs = Vec::with_capacity(targets.len());
+        for (name, dst) in targets {
+            let src = by_name
+                .remove(name.as_str())
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
+            if src.size() != dst.size() {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name,
+                    expected: dst.size(),
+                    found: src.size(),
+                });
+            }
+            pairs.push((dst, src));
+        }
+        if let Some(name) = by_name.keys().min() {
+            return Err(ModelError::UnexpectedTensor {
+                name: name.to_string(),
+            });
+        }
+        let _guard = tch::no_grad_guard();
+        for (mut dst, src) in pairs {
+            dst.f_copy_(src)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the latent statistics have been fitted (VAE training finished).
+    pub fn latent_fitted(&self) -> Result<bool> {
+        Ok(layers::scalar(&self.latent_fitted.f_sum(Kind::Float)?)? > 0.5)
+    }
+
+    /// The latent mean `[latent_dim]`.
+    pub fn latent_mean(&self) -> &Tensor {
+        &self.latent_mean
+    }
+
+    /// Sets the latent mean (`[latent_dim]`) and marks the statistics fitted, e.g. with a mean
+    /// averaged over all workers.
+    pub fn set_latent_mean(&mut self, mean: &Tensor) -> Result<()> {
+        let expected = vec![self.latent_dim()];
+        if mean.size() != expected {
+            return Err(ModelError::ShapeMismatch {
+                tensor: LATENT_MEAN.into(),
+                expected,
+                found: mean.size(),
+            });
+        }
+        let _guard = tch::no_grad_guard();
+        self.latent_mean.f_copy_(mean)?;
+        let _ = self.latent_fitted.f_fill_(1.0)?;
+        Ok(())
+    }
+
+    /// VAE loss on a batch; `eps` as in [`Vae::loss`].
+    pub fn vae_loss(&self, batch: &Batch, beta: f64, eps: Option<&Tensor>) -> Result<VaeLoss> {
+        self.vae.loss(batch, beta, eps)
+    }
+
+    /// Reparameterisation noise for rows `row_ids`: `[B, 1 + n_tokens, d_token]`.
+    pub fn vae_noise(&self, key: u64, row_ids: &[u64]) -> Result<Tensor> {
+        let s = self.vae.shape();
+        let per_row = ((s.n_tokens() + 1) * s.d_token) as usize;
+        let flat = row_normals(key, row_ids, per_row);
+        Ok(
+            matrix(&flat, row_ids.len(), per_row, self.device)?.f_reshape([
+                row_ids.len() as i64,
+                s.n_tokens() + 1,
+                s.d_token,
+            ])?,
+        )
+    }
+
+    /// Sum of the VAE posterior means over batches of rows (`[latent_dim]`, float64) and the
+    /// number of rows, without gradients. Distributed training all-reduces both (a sum, not an
+    /// average: shards differ in size) and calls [`FlowModel::set_latent_mean`] with their ratio.
+    pub fn latent_sums(
+        &self,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+    ) -> Result<(Tensor, i64)> {
+        let _guard = tch::no_grad_guard();
+        let mut sum = Tensor::f_zeros([self.latent_dim()], (Kind::Double, self.device))?;
+        let mut rows = 0;
+        for batch in batches {
+            let batch = batch?;
+            let mu = self.vae.encode_mean(&batch)?;
+            sum += mu.f_sum_dim_intlist(0, false, Kind::Double)?;
+            rows += batch.rows();
+        }
+        Ok((sum, rows))
+    }
+
+    /// Fits the latent mean over batches of training rows (TabSyn: the mean of the VAE
+    /// posterior means) and marks it fitted. Returns the rows seen.
+    pub fn fit_latent_stats(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+    ) -> Result<i64> {
+        let (sum, rows) = self.latent_sums(batches)?;
+        if rows == 0 {
+            return Err(ModelError::EmptyData {
+                what: "training (to fit the latent statistics)",
+            });
+        }
+        let mean = (sum / rows as f64).f_to_kind(Kind::Float)?;
+        self.set_latent_mean(&mean)?;
+        Ok(rows)
+    }
+
+    /// [`FlowModel::fit_latent_stats`] over all rows of `table`, `chunk` rows at a time.
+    pub fn fit_latent_stats_table(&mut self, table: &Table, chunk: usize) -> Result<i64> {
+        let chunk = chunk.max(1);
+        let n = table.rows();
+        let (sum, rows) = {
+            let pre = &self.pre;
+            let device = self.device;
+            let mut batches = (0..n).step_by(chunk).map(|start| {
+                let idx: Vec<usize> = (start..(start + chunk).min(n)).collect();
+                pre.encode(&table.select(&idx), device)
+            });
+            self.latent_sums(&mut batches)?
+        };
+        if rows == 0 {
+            return Err(ModelError::EmptyData {
+                what: "training (to fit the latent statistics)",
+            });
+        }
+        self.set_latent_mean(&(sum / rows as f64).f_to_kind(Kind::Float)?)?;
+        Ok(rows)
+    }
+
+    /// The diffusion-space latent of a batch: `(encode_mean - mean) / 2`, `[B, latent_dim]`,
+    /// without gradients.
+    pub fn encode_latent(&self, batch: &Batch) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mu = self.vae.encode_mean(batch)?;
+        Ok((mu - self.latent_mean.unsqueeze(0)) / 2.0)
+    }
+
+    /// EDM loss of the denoiser on diffusion-space latents `z` `[B, latent_dim]` with class codes
+    /// `labels` `[B]` and the step's noise (see [`EdmNoise::draw`]).
+    pub fn denoiser_loss(&self, z: &Tensor, labels: &Tensor, noise: &EdmNoise) -> Result<Tensor> {
+        edm::loss(&self.denoiser, z, labels, noise)
+    }
+
+    /// Generates one row per entry of `labels` (class codes), with `steps` Heun steps and
+    /// classifier-free guidance scale `guidance` (1 = none). Deterministic for a seed; row `i`'s
+    /// starting noise depends only on `(seed, i)`. Works through [`SAMPLE_CHUNK_ROWS`] rows at a
+    /// time. The output's labels are `labels`.
+    pub fn sample(&self, labels: &[u32], steps: usize, guidance: f64, seed: u64) -> Result<Table> {
+        self.sample_with(labels, &SamplerOptions::new(steps, guidance), seed)
+    }
+
+    /// [`FlowModel::sample`] with all sampler options (e.g. churn).
+    pub fn sample_with(&self, labels: &[u32], opts: &SamplerOptions, seed: u64) -> Result<Table> {
+        if !self.latent_fitted()? {
+            return Err(ModelError::NotFitted);
+        }
+        let classes = self.classes();
+        if let Some(&label) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(ModelError::LabelOutOfRange {
+                label: label.into(),
+                classes,
+            });
+        }
+        let _guard = tch::no_grad_guard();
+        let dim = self.latent_dim() as usize;
+        let key = derive(seed, &[tag::SAMPLE]);
+        let churn_key = derive(seed, &[tag::CHURN]);
+        let mut out: Option<Table> = None;
+        for start in (0..labels.len()).step_by(SAMPLE_CHUNK_ROWS) {
+            let chunk = &labels[start..(start + SAMPLE_CHUNK_ROWS).min(labels.len())];
+            let ids: Vec<u64> = (start as u64..(start + chunk.len()) as u64).collect();
+            let x0 = matrix(&row_normals(key, &ids, dim), ids.len(), dim, self.device)?;
+            let codes: Vec<i64> = chunk.iter().map(|&l| i64::from(l)).collect();
+            let y = Tensor::f_from_slice(&codes)?.f_to_device(self.device)?;
+            let device = self.device;
+            let mut churn = |step: usize| -> Result<Tensor> {
+                let k = derive(churn_key, &[step as u64]);
+                matrix(&row_normals(k, &ids, dim), ids.len(), dim, device)
+            };
+            let z = edm::heun_sample(&self.denoiser, &x0, &y, opts, &mut churn)?;
+            let latent = z * 2.0 + self.latent_mean.unsqueeze(0);
+            let (num, cat) = self.vae.decode(&latent)?;
+            let part = self.pre.decode(&num, &cat, chunk)?;
+            match &mut out {
+                Some(t) => t.append(&part),
+                None => out = Some(part),
+            }
+        }
+        Ok(out.unwrap_or_else(|| Table {
+            numeric: vec![Vec::new(); self.pre.n_num()],
+            categorical: vec![Vec::new(); self.pre.n_cat()],
+            labels: Vec::new(),
+        }))
+    }
+}
+
+fn shallow(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    v.iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,517 @@
+//! Behaviour of the model as a whole: determinism, checkpoint round trips, learning.
+
+use tch::{Device, Kind, Tensor};
+
+use super::testutil::*;
+use super::*;
+
+fn no_hook() -> impl FnMut(&[Tensor]) -> Result<()> {
+    |_: &[Tensor]| Ok(())
+}
+
+fn tensors_equal(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb))
+}
+
+/// Deep copies (a checkpoint holds values, not live views).
+fn snapshot(t: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    t.iter()
+        .map(|(n, t)| (n.clone(), t.detach().copy()))
+        .collect()
+}
+
+#[test]
+fn preprocessor_round_trips_a_table() {
+    let (table, manifest) = two_class_dataset(600, 1);
+    let pre = Preprocessor::new(&manifest).unwrap();
+    let batch = pre.encode(&table, Device::Cpu).unwrap();
+    assert_eq!(batch.num.size(), [600, 3]);
+    assert_eq!(batch.cat.size(), [600, 1]);
+    assert_eq!(batch.cat.kind(), Kind::Int64);
+    let back = pre.decode(&batch.num, &batch.cat, &table.labels).unwrap();
+    assert_eq!(back.categorical, table.categorical);
+    assert_eq!(back.labels, table.labels);
+    for (a, b) in back.numeric.iter().zip(&table.numeric) {
+        for (x, y) in a.iter().zip(b) {
+            // float32 scores: relative precision about 1e-6 of the column's scale.
+            assert!((x - y).abs() < 1e-3, "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn preprocessor_rejects_codes_outside_the_vocabulary() {
+    let (mut table, manifest) = two_class_dataset(50, 1);
+    table.categorical[0][7] = 3;
+    let pre = Preprocessor::new(&manifest).unwrap();
+    let err = pre.encode(&table, Device::Cpu).unwrap_err();
+    assert!(
+        matches!(err, ModelError::CodeOutOfRange { ref column, code: 3, cardinality: 3 } if column == "c0"),
+        "{err}"
+    );
+    table.categorical[0][7] = 0;
+    table.labels[3] = 2;
+    assert!(matches!(
+        pre.encode(&table, Device::Cpu).unwrap_err(),
+        ModelError::LabelOutOfRange {
+            label: 2,
+            classes: 2
+        }
+    ));
+    table.labels[3] = 0;
+    table.numeric[1][4] = f64::NAN;
+    assert!(matches!(
+        pre.encode(&table, Device::Cpu).unwrap_err(),
+        ModelError::NonFinite { row: 4, .. }
+    ));
+}
+
+#[test]
+fn same_seed_gives_identical_weights_and_losses() {
+    let (table, manifest) = two_class_dataset(400, 2);
+    let (val, _) = two_class_dataset(100, 3);
+    let cfg = tiny_train(1, 1);
+    let run = |seed: u64| {
+        let mut c = cfg.clone();
+        c.seed = seed;
+        let mut t = Trainer::new(&manifest, &c, &tiny_model(), Device::Cpu).unwrap();
+        let initial = snapshot(&t.model().named_tensors());
+        let vae = t.run_epoch(&table, &val, &mut no_hook()).unwrap();
+        let diffusion = t.run_epoch(&table, &val, &mut no_hook()).unwrap();
+        (
+            initial,
+            vae,
+            diffusion,
+            snapshot(&t.model().named_tensors()),
+        )
+    };
+    let (init_a, vae_a, diff_a, end_a) = run(5);
+    let (init_b, vae_b, diff_b, end_b) = run(5);
+    assert!(tensors_equal(&init_a, &init_b));
+    assert_eq!(
+        (vae_a.loss, vae_a.mse, vae_a.ce, vae_a.kl, vae_a.val_loss),
+        (vae_b.loss, vae_b.mse, vae_b.ce, vae_b.kl, vae_b.val_loss)
+    );
+    assert_eq!(diff_a.loss, diff_b.loss);
+    assert!(tensors_equal(&end_a, &end_b));
+
+    let (init_c, vae_c, ..) = run(6);
+    assert!(!tensors_equal(&init_a, &init_c));
+    assert_ne!(vae_a.loss, vae_c.loss);
+}
+
+#[test]
+fn named_tensors_are_stable_and_complete() {
+    let (_, manifest) = two_class_dataset(100, 4);
+    let m = FlowModel::new(&manifest, &tiny_model(), Device::Cpu, 0).unwrap();
+    let names: Vec<String> = m.named_tensors().into_iter().map(|(n, _)| n).collect();
+    for expected in [
+        "vae.tokenizer.weight",
+        "vae.tokenizer.cat_embeddings",
+        "vae.encoder_mu.0.attention.w_q.weight",
+        "vae.encoder_logvar.1.norm0.bias",
+        "vae.decoder.1.linear1.weight",
+        "vae.reconstructor.num_weight",
+        "vae.reconstructor.cat.0.weight",
+        "denoiser.class_embed.weight",
+        "denoiser.mlp.3.bias",
+        LATENT_MEAN,
+        LATENT_FITTED,
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "duplicate names");
+    // [CLS] + 3 numeric rows; 3 + 1 feature tokens of width 4.
+    assert_eq!(m.latent_dim(), 16);
+    let class_embed = m
+        .named_tensors()
+        .into_iter()
+        .find(|(n, _)| n == "denoiser.class_embed.weight")
+        .map(|(_, t)| t.size());
+    assert_eq!(class_embed, Some(vec![3, 64]), "2 classes + the null class");
+}
+
+#[test]
+fn sampling_before_vae_training_is_refused() {
+    let (_, manifest) = two_class_dataset(100, 4);
+    let m = FlowModel::new(&manifest, &tiny_model(), Device::Cpu, 0).unwrap();
+    assert!(matches!(
+        m.sample(&[0, 1], 4, 1.0, 0),
+        Err(ModelError::NotFitted)
+    ));
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_samples() {
+    let (table, manifest) = two_class_dataset(300, 5);
+    let mut t = Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
+    t.run_epoch(&table, &Table::default(), &mut no_hook())
+        .unwrap();
+    t.run_epoch(&table, &Table::default(), &mut no_hook())
+        .unwrap();
+    assert_eq!(t.state().stage, Stage::Done);
+    let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
+    let before = t.model().sample(&labels, 6, 1.5, 99).unwrap();
+    assert_eq!(before.labels, labels);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    Tensor::write_safetensors(&t.model().named_tensors(), &path).unwrap();
+    let loaded = Tensor::read_safetensors(&path).unwrap();
+    let mut fresh = FlowModel::new(&manifest, &tiny_model(), Device::Cpu, 1234).unwrap();
+    fresh.load_named_tensors(&loaded).unwrap();
+    let after = fresh.sample(&labels, 6, 1.5, 99).unwrap();
+    assert_eq!(before, after);
+    // Another seed gives other rows.
+    assert_ne!(fresh.sample(&labels, 6, 1.5, 100).unwrap(), after);
+
+    // Errors name the tensor.
+    let missing: Vec<_> = loaded
+        .iter()
+        .filter(|(n, _)| n != "denoiser.proj.weight")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let err = fresh.load_named_tensors(&missing).unwrap_err();
+    assert!(
+        matches!(err, ModelError::MissingTensor { ref name } if name == "denoiser.proj.weight"),
+        "{err}"
+    );
+    let mut wrong = snapshot(&loaded);
+    for (n, t) in &mut wrong {
+        if n == LATENT_MEAN {
+            *t = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        }
+    }
+    let err = fresh.load_named_tensors(&wrong).unwrap_err();
+    assert!(
+        matches!(err, ModelError::ShapeMismatch { ref tensor, .. } if tensor == LATENT_MEAN),
+        "{err}"
+    );
+    let mut extra = snapshot(&loaded);
+    extra.push((
+        "vae.surprise".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    ));
+    let err = fresh.load_named_tensors(&extra).unwrap_err();
+    assert!(
+        matches!(err, ModelError::UnexpectedTensor { ref name } if name == "vae.surprise"),
+        "{err}"
+    );
+}
+
+#[test]
+fn resuming_from_saved_state_continues_exactly() {
+    let (table, manifest) = two_class_dataset(300, 6);
+    let (val, _) = two_class_dataset(60, 7);
+    let cfg = tiny_train(2, 2);
+    // Uninterrupted: 2 VAE epochs + 1 diffusion epoch.
+    let mut a = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+    for _ in 0..3 {
+        a.run_epoch(&table, &val, &mut no_hook()).unwrap();
+    }
+    // Interrupted after the first epoch and after the second.
+    let mut b = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+    b.run_epoch(&table, &val, &mut no_hook()).unwrap();
+    for _ in 0..2 {
+        let weights = snapshot(&b.model().named_tensors());
+        let opt = snapshot(&b.state_tensors());
+        let state = serde_json::to_string(b.state()).unwrap();
+        let mut c = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+        c.model_mut().load_named_tensors(&weights).unwrap();
+        c.load_state_tensors(&opt).unwrap();
+        c.set_state(serde_json::from_str(&state).unwrap());
+        c.run_epoch(&table, &val, &mut no_hook()).unwrap();
+        b = c;
+    }
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.state().stage, Stage::Diffusion);
+    assert!(tensors_equal(
+        &snapshot(&a.model().named_tensors()),
+        &snapshot(&b.model().named_tensors())
+    ));
+    assert!(tensors_equal(
+        &snapshot(&a.state_tensors()),
+        &snapshot(&b.state_tensors())
+    ));
+}
+
+#[test]
+fn grad_hook_sees_every_gradient_and_can_stop_training() {
+    let (table, manifest) = two_class_dataset(300, 8);
+    let mut t = Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
+    let n_vae = t.model().vae_params().len();
+    let mut calls = 0;
+    let mut hook = |g: &[Tensor]| -> Result<()> {
+        assert_eq!(g.len(), n_vae);
+        calls += 1;
+        Ok(())
+    };
+    let report = t.run_epoch(&table, &Table::default(), &mut hook).unwrap();
+    assert_eq!(calls, 2, "300 rows in batches of 256");
+    assert_eq!(report.steps, 2);
+    assert!(report.stage_finished);
+    let err = t
+        .run_epoch(&table, &Table::default(), &mut |_: &[Tensor]| {
+            Err(ModelError::Interrupted)
+        })
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Interrupted));
+    // Halving the gradients in the hook changes the update (the hook's edits are applied).
+    let mut a = Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
+    let mut b = Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
+    a.run_epoch(&table, &Table::default(), &mut no_hook())
+        .unwrap();
+    b.run_epoch(&table, &Table::default(), &mut |g: &[Tensor]| {
+        for t in g {
+            let mut t = t.shallow_clone();
+            let _ = t.f_mul_scalar_(0.0)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(!tensors_equal(
+        &snapshot(&a.model().vae_params()),
+        &snapshot(&b.model().vae_params())
+    ));
+    assert!(
+        tensors_equal(
+            &snapshot(&b.model().vae_params()),
+            &snapshot(
+                &Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu)
+                    .unwrap()
+                    .model()
+                    .vae_params()
+            )
+        ),
+        "zeroed gradients leave Adam's weights unchanged"
+    );
+}
+
+#[test]
+fn datasets_without_numeric_or_without_categorical_columns_work() {
+    let (table, _) = two_class_dataset(300, 9);
+    let only_cat = Table {
+        numeric: Vec::new(),
+        categorical: table.categorical.clone(),
+        labels: table.labels.clone(),
+    };
+    let only_num = Table {
+        numeric: table.numeric.clone(),
+        categorical: Vec::new(),
+        labels: table.labels.clone(),
+    };
+    for (t, m) in [
+        (only_cat.clone(), manifest_for(&only_cat, &[], &[3], 2)),
+        (only_num.clone(), manifest_for(&only_num, &[1], &[], 2)),
+    ] {
+        let mut tr = Trainer::new(&m, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
+        let r = tr.run_epoch(&t, &Table::default(), &mut no_hook()).unwrap();
+        assert!(r.loss.is_finite(), "{r:?}");
+        tr.run_epoch(&t, &Table::default(), &mut no_hook()).unwrap();
+        let out = tr.model().sample(&[0, 1, 1], 4, 1.0, 3).unwrap();
+        assert_eq!(out.rows(), 3);
+        assert_eq!(out.numeric.len(), t.numeric.len());
+        assert_eq!(out.categorical.len(), t.categorical.len());
+    }
+}
+
+#[test]
+fn training_learns_class_conditional_rows() {
+    let (table, manifest) = two_class_dataset(2000, 10);
+    let (val, _) = two_class_dataset(200, 11);
+    let mut cfg = tiny_train(12, 60);
+    cfg.batch_size = 200;
+    let mut t = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+    let mut vae_reports = Vec::new();
+    let mut diffusion_reports = Vec::new();
+    while t.state().stage != Stage::Done {
+        let r = t.run_epoch(&table, &val, &mut no_hook()).unwrap();
+        match r.stage {
+            Stage::Vae => vae_reports.push(r),
+            _ => diffusion_reports.push(r),
+        }
+    }
+    let first = &vae_reports[0];
+    let last = &vae_reports[vae_reports.len() - 1];
+    assert!(
+        last.mse + last.ce < 0.6 * (first.mse + first.ce),
+        "reconstruction {} -> {}",
+        first.mse + first.ce,
+        last.mse + last.ce
+    );
+    let d_first = diffusion_reports[0].loss;
+    let d_last = diffusion_reports[diffusion_reports.len() - 1].loss;
+    assert!(d_last < d_first, "diffusion loss {d_first} -> {d_last}");
+
+    let n = 600;
+    let labels: Vec<u32> = (0..2 * n).map(|i| u32::from(i >= n)).collect();
+    let out = t.model().sample(&labels, 20, 1.0, 7).unwrap();
+    assert_eq!(out.labels, labels);
+    for (c, col) in out.numeric.iter().enumerate() {
+        let (lo, hi) = (
+            manifest.columns[c].stats.as_ref().unwrap().min,
+            manifest.columns[c].stats.as_ref().unwrap().max,
+        );
+        assert!(
+            col.iter().all(|v| (lo..=hi).contains(v)),
+            "column {c} leaves [{lo}, {hi}]"
+        );
+    }
+    assert!(out.categorical[0].iter().all(|&c| c < 3));
+    let m0 = class_mean(&out.numeric[0], &labels, 0);
+    let m1 = class_mean(&out.numeric[0], &labels, 1);
+    assert!(m1 - m0 > 1.0, "n0 means {m0} vs {m1} (data: 0 vs 2)");
+    let c0 = class_mean(&out.numeric[1], &labels, 0);
+    let c1 = class_mean(&out.numeric[1], &labels, 1);
+    assert!(c1 - c0 > 2.0, "n1 means {c0} vs {c1}");
+    let share = |class: u32, code: u32| {
+        let rows: Vec<_> = out.categorical[0]
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == class)
+            .collect();
+        rows.iter().filter(|(c, _)| **c == code).count() as f64 / rows.len() as f64
+    };
+    assert!(
+        share(0, 0) > 0.6 && share(1, 2) > 0.6,
+        "c0 agreement {} / {}",
+        share(0, 0),
+        share(1, 2)
+    );
+    eprintln!(
+        "vae {:.3} -> {:.3}; diffusion {d_first:.3} -> {d_last:.3}; n0 {m0:.2}/{m1:.2}; n1 {c0:.2}/{c1:.2}; c0 {:.2}/{:.2}",
+        first.mse + first.ce,
+        last.mse + last.ce,
+        share(0, 0),
+        share(1, 2)
+    );
+}
+
+/// Averages gradients between two trainers running on two threads (a stand-in for the
+/// all-reduce of distributed training).
+struct TwoRankMean {
+    slots: std::sync::Mutex<[Vec<Vec<f32>>; 2]>,
+    barrier: std::sync::Barrier,
+}
+
+impl TwoRankMean {
+    fn hook(&self, rank: usize) -> impl FnMut(&[Tensor]) -> Result<()> + '_ {
+        move |grads: &[Tensor]| {
+            let mine: Vec<Vec<f32>> = grads
+                .iter()
+                .map(|g| Vec::<f32>::try_from(g.reshape([-1])).unwrap())
+                .collect();
+            self.slots.lock().unwrap()[rank] = mine;
+            self.barrier.wait();
+            let mean: Vec<Vec<f32>> = {
+                let s = self.slots.lock().unwrap();
+                s[0].iter()
+                    .zip(&s[1])
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
+                    .collect()
+            };
+            self.barrier.wait();
+            for (g, m) in grads.iter().zip(mean) {
+                let mut g = g.shallow_clone();
+                g.copy_(&Tensor::from_slice(&m).reshape(g.size()));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn two_workers_match_one_worker_with_double_batch() {
+    let (table, manifest) = two_class_dataset(480, 12);
+    let b = 80;
+    let mut cfg = tiny_train(1, 1);
+    cfg.batch_size = 2 * b;
+    // One worker, batch 2B, table order.
+    let mut single = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+    single.set_shuffle(false);
+    let vae_single = single
+        .run_epoch(&table, &Table::default(), &mut no_hook())
+        .unwrap();
+    // Two workers, batch B: rank r holds the r-th half of every global batch.
+    cfg.batch_size = b;
+    let shard = |r: usize| -> Vec<usize> {
+        (0..table.rows())
+            .filter(|i| (i % (2 * b)) / b == r)
+            .collect()
+    };
+    let sync = TwoRankMean {
+        slots: std::sync::Mutex::new([Vec::new(), Vec::new()]),
+        barrier: std::sync::Barrier::new(2),
+    };
+    let mut ranks: Vec<Trainer> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|r| {
+                let (cfg, manifest, table, sync) = (&cfg, &manifest, &table, &sync);
+                let idx = shard(r);
+                s.spawn(move || {
+                    let mut t = Trainer::new(manifest, cfg, &tiny_model(), Device::Cpu).unwrap();
+                    t.set_shuffle(false);
+                    t.set_row_ids(Some(idx.iter().map(|&i| i as u64).collect()));
+                    t.run_epoch(&table.select(&idx), &Table::default(), &mut sync.hook(r))
+                        .unwrap();
+                    t
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let close = |a: &[(String, Tensor)], b: &[(String, Tensor)]| {
+        a.iter()
+            .zip(b)
+            .all(|((na, ta), (nb, tb))| na == nb && ta.allclose(tb, 1e-4, 1e-5, false))
+    };
+    assert!(close(
+        &ranks[0].model().vae_params(),
+        &single.model().vae_params()
+    ));
+    assert!(tensors_equal(
+        &ranks[0].model().vae_params(),
+        &ranks[1].model().vae_params()
+    ));
+    assert_eq!(vae_single.steps, 3);
+
+    // The latent mean must be global too: each rank fitted it on its half; average them.
+    let mean = (ranks[0].model().latent_mean() + ranks[1].model().latent_mean()) / 2.0;
+    for t in &mut ranks {
+        t.model_mut().set_latent_mean(&mean).unwrap();
+    }
+    assert!(ranks[0].model().latent_mean().allclose(
+        single.model().latent_mean(),
+        1e-4,
+        1e-5,
+        false
+    ));
+    single
+        .run_epoch(&table, &Table::default(), &mut no_hook())
+        .unwrap();
+    std::thread::scope(|s| {
+        for (r, t) in ranks.iter_mut().enumerate() {
+            let (table, sync) = (&table, &sync);
+            let idx = shard(r);
+            s.spawn(move || {
+                tch::set_num_threads(1);
+                t.run_epoch(&table.select(&idx), &Table::default(), &mut sync.hook(r))
+                    .unwrap();
+            });
+        }
+    });
+    assert!(close(
+        &ranks[0].model().denoiser_params(),
+        &single.model().denoiser_params()
+    ));
+    assert_eq!(ranks[0].state().global_step, 6);
+}
