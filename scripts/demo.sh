@@ -55,7 +55,7 @@ cat <<MSG
 Everything went to $OUT:
   dataset      $OUT/nsl-kdd          (Parquet parts + dataset.json)
   checkpoints  $OUT/checkpoints      (ckpt-*/ with manifest.json; 'latest' names the newest)
-  augmented    $OUT/augmented        (real + synthetic rows, column 'synthetic'; sample.json, _SUCCESS)
+  augmented    $OUT/augmented        (real + synthetic rows, column 'synthetic'; _sample.json, _SUCCESS)
   logs         $OUT/coordinator.log, $OUT/worker.log
 Read it with any Parquet reader, e.g. python3 -c "import pyarrow.dataset as d; print(d.dataset('$OUT/augmented').to_table().num_rows)"
 MSG

@@ -133,11 +133,10 @@ async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job>
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    let style = ProgressStyle::with_template(
-        "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     let mut bar: Option<(String, ProgressBar)> = None;
     let mut last = None;
     while let Some(job) = stream.message().await.context("lost the coordinator")? {
@@ -146,7 +145,10 @@ async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job>
                 "vae" | "diffusion" => (
                     p.epochs as u64 * p.steps_per_epoch,
                     (p.epoch.saturating_sub(1)) as u64 * p.steps_per_epoch + p.step,
-                    format!("epoch {}/{} loss {:.4} {:.0} rows/s", p.epoch, p.epochs, p.loss, p.rows_per_second),
+                    format!(
+                        "epoch {}/{} loss {:.4} {:.0} rows/s",
+                        p.epoch, p.epochs, p.loss, p.rows_per_second
+                    ),
                 ),
                 "sampling" => (p.rows_total, p.rows_done, "rows".to_string()),
                 _ => (0, 0, String::new()),
@@ -190,7 +192,10 @@ fn finish(job: &Job) -> Result<()> {
 pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
     let state = tempfile::tempdir().context("cannot create a temporary directory")?;
     let store = flowsynth_common::store::Location::parse(
-        state.path().to_str().context("temporary directory is not UTF-8")?,
+        state
+            .path()
+            .to_str()
+            .context("temporary directory is not UTF-8")?,
     )?;
     let listener = flowsynth_coordinator::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr().context("no local address")?;
@@ -219,7 +224,10 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    tracing::info!("job {} submitted to the embedded coordinator at {url}", job.id);
+    tracing::info!(
+        "job {} submitted to the embedded coordinator at {url}",
+        job.id
+    );
     let outcome = tokio::select! {
         r = follow(&mut client, &job.id) => r,
         _ = tokio::signal::ctrl_c() => {

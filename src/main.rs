@@ -273,7 +273,11 @@ struct CoordinatorArgs {
 
 #[derive(Args)]
 struct WorkerArgs {
-    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "FLOWSYNTH_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -303,7 +307,11 @@ enum SubmitCommand {
 
 #[derive(Args)]
 struct RemoteArgs {
-    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "FLOWSYNTH_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Number of workers the job uses.
     #[arg(long, default_value_t = 1)]
@@ -317,7 +325,11 @@ struct RemoteArgs {
 struct StatusArgs {
     /// Job id; without it, all jobs are listed.
     job: Option<String>,
-    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "FLOWSYNTH_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Print JSON-like detail (the full job record).
     #[arg(long)]
@@ -327,13 +339,19 @@ struct StatusArgs {
 #[derive(Args)]
 struct CancelArgs {
     job: String,
-    #[arg(long, env = "FLOWSYNTH_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "FLOWSYNTH_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -344,7 +362,10 @@ fn init_tracing() {
 fn main() -> std::process::ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -418,7 +439,12 @@ async fn run_convert(a: ConvertArgs) -> Result<()> {
     let opts = ConvertOptions {
         preset,
         label: a.label,
-        drop: a.drop.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        drop: a
+            .drop
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         non_finite: match a.non_finite.as_str() {
             "zero" => NonFinitePolicy::Zero,
             "error" => NonFinitePolicy::Error,
@@ -443,7 +469,9 @@ async fn run_convert(a: ConvertArgs) -> Result<()> {
         manifest.features().count(),
         manifest.class_counts.len(),
         manifest.dropped_columns.len(),
-        manifest.rows_dropped.non_finite + manifest.rows_dropped.duplicates + manifest.rows_dropped.empty_label,
+        manifest.rows_dropped.non_finite
+            + manifest.rows_dropped.duplicates
+            + manifest.rows_dropped.empty_label,
     );
     Ok(())
 }

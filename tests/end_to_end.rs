@@ -3,6 +3,8 @@
 //! file-backed object store, a training job, a sampling job, and the results read back with the
 //! `parquet` crate (independently of flowsynth's own reader).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -187,11 +189,17 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
         "config.toml",
         "state.json",
     ] {
-        assert!(files.iter().any(|f| f == needed), "{needed} missing from {files:?}");
+        assert!(
+            files.iter().any(|f| f == needed),
+            "{needed} missing from {files:?}"
+        );
         assert!(ck.join(needed).exists());
     }
     let config_saved = std::fs::read_to_string(ck.join("config.toml")).unwrap();
-    assert!(config_saved.contains("seed = 3"), "flag must override the file: {config_saved}");
+    assert!(
+        config_saved.contains("seed = 3"),
+        "flag must override the file: {config_saved}"
+    );
 
     // 4. sample through the coordinator
     let stdout = run_ok(&[
@@ -212,7 +220,7 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
     ]);
     assert!(stdout.contains("succeeded"), "{stdout}");
     assert!(out.join("_SUCCESS").exists());
-    let sample = json(&out.join("sample.json"));
+    let sample = json(&out.join("_sample.json"));
     assert_eq!(sample["synthetic_rows"], 5300);
     assert_eq!(sample["real_rows"], 6000);
 
@@ -237,7 +245,10 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
                 assert_eq!(schema.field(ci).name(), name);
                 let array = batch.column(ci);
                 assert_eq!(array.null_count(), 0, "{name} has nulls");
-                match (col["role"].as_str().unwrap(), col["dtype"].as_str().unwrap()) {
+                match (
+                    col["role"].as_str().unwrap(),
+                    col["dtype"].as_str().unwrap(),
+                ) {
                     ("numeric", dtype) => {
                         let (min, max) = (
                             col["stats"]["min"].as_f64().unwrap(),
@@ -245,13 +256,25 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
                         );
                         let values: Vec<f64> = if dtype == "int64" {
                             assert_eq!(array.data_type(), &arrow_schema::DataType::Int64, "{name}");
-                            array.as_primitive::<Int64Type>().values().iter().map(|&v| v as f64).collect()
+                            array
+                                .as_primitive::<Int64Type>()
+                                .values()
+                                .iter()
+                                .map(|&v| v as f64)
+                                .collect()
                         } else {
-                            assert_eq!(array.data_type(), &arrow_schema::DataType::Float64, "{name}");
+                            assert_eq!(
+                                array.data_type(),
+                                &arrow_schema::DataType::Float64,
+                                "{name}"
+                            );
                             array.as_primitive::<Float64Type>().values().to_vec()
                         };
                         for v in values {
-                            assert!(v.is_finite() && v >= min - 1e-9 && v <= max + 1e-9, "{name}: {v} outside [{min}, {max}]");
+                            assert!(
+                                v.is_finite() && v >= min - 1e-9 && v <= max + 1e-9,
+                                "{name}: {v} outside [{min}, {max}]"
+                            );
                         }
                     }
                     (_, dtype) => {
@@ -262,14 +285,30 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
                             .map(|v| v.as_str().unwrap())
                             .collect();
                         let texts: Vec<String> = if dtype == "int64" {
-                            array.as_primitive::<Int64Type>().values().iter().map(|v| v.to_string()).collect()
+                            array
+                                .as_primitive::<Int64Type>()
+                                .values()
+                                .iter()
+                                .map(|v| v.to_string())
+                                .collect()
                         } else {
-                            array.as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
+                            array
+                                .as_string::<i32>()
+                                .iter()
+                                .map(|v| v.unwrap().to_string())
+                                .collect()
                         };
                         for (row, t) in texts.iter().enumerate() {
-                            assert!(vocab.contains(&t.as_str()), "{name}: `{t}` not in vocabulary");
+                            assert!(
+                                vocab.contains(&t.as_str()),
+                                "{name}: `{t}` not in vocabulary"
+                            );
                             if name == label {
-                                let counts = if flags.value(row) { &mut synthetic_counts } else { &mut real_counts };
+                                let counts = if flags.value(row) {
+                                    &mut synthetic_counts
+                                } else {
+                                    &mut real_counts
+                                };
                                 *counts.entry(t.clone()).or_default() += 1;
                             }
                         }
@@ -295,7 +334,14 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     let root = tmp.path();
     let csv = nsl_subset(root, 3000);
     let dataset = root.join("dataset");
-    run_ok(&["convert", "--preset", "nsl-kdd", csv.to_str().unwrap(), "--out", dataset.to_str().unwrap()]);
+    run_ok(&[
+        "convert",
+        "--preset",
+        "nsl-kdd",
+        csv.to_str().unwrap(),
+        "--out",
+        dataset.to_str().unwrap(),
+    ]);
     let ckpts = root.join("ck");
     let args = [
         "train",
@@ -316,7 +362,10 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     let first = std::fs::read_to_string(ckpts.join("latest")).unwrap();
     // A second run finds the finished checkpoint and does no further work.
     run_ok(&args);
-    assert_eq!(std::fs::read_to_string(ckpts.join("latest")).unwrap(), first);
+    assert_eq!(
+        std::fs::read_to_string(ckpts.join("latest")).unwrap(),
+        first
+    );
 
     let out = root.join("s");
     let bad = run(&[
@@ -330,7 +379,10 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("no_such_attack") && err.contains("neptune"), "{err}");
+    assert!(
+        err.contains("no_such_attack") && err.contains("neptune"),
+        "{err}"
+    );
     assert!(!out.join("_SUCCESS").exists());
 
     run_ok(&[
@@ -344,7 +396,7 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
         "--device",
         "cpu",
     ]);
-    let sample = json(&out.join("sample.json"));
+    let sample = json(&out.join("_sample.json"));
     assert_eq!(sample["synthetic_rows"], 100);
     assert_eq!(sample["real_rows"], 0);
 }
@@ -355,18 +407,36 @@ fn convert_of_a_ragged_file_fails_with_file_and_line_and_leaves_nothing() {
     let csv = tmp.path().join("bad.csv");
     std::fs::write(&csv, "a,b,label\n1,2,x\n3,4\n").unwrap();
     let out = tmp.path().join("out");
-    let res = run(&["convert", "--preset", "generic", csv.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let res = run(&[
+        "convert",
+        "--preset",
+        "generic",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("bad.csv") && err.contains(":3"), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(&out).map(|d| d.collect()).unwrap_or_default();
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.collect())
+        .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
 fn help_lists_every_subcommand() {
     let out = run_ok(&["--help"]);
-    for sub in ["convert", "train", "sample", "coordinator", "worker", "submit", "status", "cancel"] {
+    for sub in [
+        "convert",
+        "train",
+        "sample",
+        "coordinator",
+        "worker",
+        "submit",
+        "status",
+        "cancel",
+    ] {
         assert!(out.contains(sub), "{sub} missing from --help:\n{out}");
     }
 }

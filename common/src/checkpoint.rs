@@ -42,14 +42,8 @@ pub struct CheckpointFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointManifest {
     pub format_version: u32,
-    /// Global optimisation step at which the checkpoint was taken.
-    pub step: u64,
-    /// `vae`, `diffusion` or `done`: `done` checkpoints are complete models.
-    pub stage: String,
-    pub epoch_in_stage: u64,
-    pub job_id: String,
-    pub dataset_url: String,
-    pub dataset_content_hash: String,
+    #[serde(flatten)]
+    pub meta: CheckpointMeta,
     pub created_unix_ms: i64,
     pub files: Vec<CheckpointFile>,
 }
@@ -65,15 +59,20 @@ pub struct LoadedCheckpoint {
 
 impl LoadedCheckpoint {
     pub fn file(&self, name: &str) -> Result<&Bytes> {
-        self.files.get(name).ok_or_else(|| Error::InvalidCheckpoint {
-            location: self.url.clone(),
-            reason: format!("no file `{name}`"),
-        })
+        self.files
+            .get(name)
+            .ok_or_else(|| Error::InvalidCheckpoint {
+                location: self.url.clone(),
+                reason: format!("no file `{name}`"),
+            })
     }
 
     /// The training dataset's manifest stored with the checkpoint.
     pub fn dataset(&self) -> Result<DatasetManifest> {
-        DatasetManifest::from_json(self.file("dataset.json")?, &format!("{}/dataset.json", self.url))
+        DatasetManifest::from_json(
+            self.file("dataset.json")?,
+            &format!("{}/dataset.json", self.url),
+        )
     }
 }
 
@@ -93,10 +92,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Metadata of a checkpoint about to be written.
-#[derive(Debug, Clone)]
+/// What a checkpoint is: where training stood and on which data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
+    /// Global optimisation step at which the checkpoint was taken.
     pub step: u64,
+    /// `vae`, `diffusion` or `done`: `done` checkpoints are complete models.
     pub stage: String,
     pub epoch_in_stage: u64,
     pub job_id: String,
@@ -130,17 +131,15 @@ pub async fn commit(
     }
     let manifest = CheckpointManifest {
         format_version: CHECKPOINT_FORMAT_VERSION,
-        step: meta.step,
-        stage: meta.stage,
-        epoch_in_stage: meta.epoch_in_stage,
-        job_id: meta.job_id,
-        dataset_url: meta.dataset_url,
-        dataset_content_hash: meta.dataset_content_hash,
+        meta,
         created_unix_ms: now_ms(),
         files: listed,
     };
     let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    if !dir.put_if_absent(CHECKPOINT_MANIFEST, Bytes::from(json)).await? {
+    if !dir
+        .put_if_absent(CHECKPOINT_MANIFEST, Bytes::from(json))
+        .await?
+    {
         return Err(Error::AlreadyExists {
             location: dir.display(CHECKPOINT_MANIFEST),
         });
@@ -196,7 +195,10 @@ pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
     if manifest.format_version != CHECKPOINT_FORMAT_VERSION {
         return Err(Error::InvalidCheckpoint {
             location: url,
-            reason: format!("format version {} is not supported", manifest.format_version),
+            reason: format!(
+                "format version {} is not supported",
+                manifest.format_version
+            ),
         });
     }
     let mut files = BTreeMap::new();
@@ -206,7 +208,10 @@ pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
         if sha != f.sha256 || bytes.len() as u64 != f.bytes {
             return Err(Error::InvalidCheckpoint {
                 location: url,
-                reason: format!("file `{}` does not match its sha256 in manifest.json", f.name),
+                reason: format!(
+                    "file `{}` does not match its sha256 in manifest.json",
+                    f.name
+                ),
             });
         }
         files.insert(f.name.clone(), bytes);
@@ -243,6 +248,7 @@ pub async fn latest(root: &Location) -> Result<Option<LoadedCheckpoint>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -265,25 +271,28 @@ mod tests {
             let files = vec![("w.bin".to_string(), Bytes::from(vec![step as u8; 8]))];
             commit(&root, meta(step), files, 2).await.unwrap();
         }
-        assert_eq!(committed(&root).await.unwrap(), vec![dir_name(20), dir_name(30)]);
-        assert_eq!(resolve(root.url()).await.unwrap().manifest.step, 30);
+        assert_eq!(
+            committed(&root).await.unwrap(),
+            vec![dir_name(20), dir_name(30)]
+        );
+        assert_eq!(resolve(root.url()).await.unwrap().manifest.meta.step, 30);
         // Corrupt the newest: the reader falls back to the previous one.
         root.join(&dir_name(30))
             .put("w.bin", Bytes::from_static(b"garbage!"))
             .await
             .unwrap();
         let c = resolve(root.url()).await.unwrap();
-        assert_eq!(c.manifest.step, 20);
+        assert_eq!(c.manifest.meta.step, 20);
         assert_eq!(c.file("w.bin").unwrap().as_ref(), &[20u8; 8]);
         // A directory without manifest is not a checkpoint.
         root.join(&dir_name(40))
             .put("w.bin", Bytes::from_static(b"x"))
             .await
             .unwrap();
-        assert_eq!(resolve(root.url()).await.unwrap().manifest.step, 20);
+        assert_eq!(resolve(root.url()).await.unwrap().manifest.meta.step, 20);
         // A specific checkpoint URL resolves to itself.
         let url = root.display(&dir_name(20));
-        assert_eq!(resolve(&url).await.unwrap().manifest.step, 20);
+        assert_eq!(resolve(&url).await.unwrap().manifest.meta.step, 20);
     }
 
     #[tokio::test]

@@ -170,8 +170,7 @@ impl JobConfig {
         if !(0.0..0.5).contains(&t.validation_fraction) {
             return Err("train.validation_fraction must be in [0, 0.5)".into());
         }
-        if !matches!(t.device.as_str(), "auto" | "cpu" | "cuda") && !t.device.starts_with("cuda:")
-        {
+        if !matches!(t.device.as_str(), "auto" | "cpu" | "cuda") && !t.device.starts_with("cuda:") {
             return Err(format!(
                 "train.device `{}` is not one of auto, cpu, cuda, cuda:N",
                 t.device
@@ -197,7 +196,10 @@ impl JobConfig {
         if m.sampler_steps < 2 {
             return Err("model.sampler_steps must be at least 2".into());
         }
-        for (key, v) in [("model.vae_lr", m.vae_lr), ("model.diffusion_lr", m.diffusion_lr)] {
+        for (key, v) in [
+            ("model.vae_lr", m.vae_lr),
+            ("model.diffusion_lr", m.diffusion_lr),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(format!("{key} must be a positive number"));
             }
@@ -210,6 +212,7 @@ impl JobConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

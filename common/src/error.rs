@@ -72,7 +72,9 @@ pub enum Error {
     NoFeatures,
     #[error("{}: no --label given and no column is named label, Label or class; pass --label with one of: {available}", path.display())]
     NoLabelColumn { path: PathBuf, available: String },
-    #[error("column `{column}` holds text with more than {cap} distinct values, too many for a categorical feature; if it is an identifier or free text, drop it with --drop")]
+    #[error(
+        "column `{column}` holds text with more than {cap} distinct values, too many for a categorical feature; if it is an identifier or free text, drop it with --drop"
+    )]
     TooManyCategories { column: String, cap: usize },
     #[error("{} changed while it was being converted ({detail}); run the conversion again", path.display())]
     InputChanged { path: PathBuf, detail: String },

@@ -275,27 +275,22 @@ impl DatasetManifest {
                         .as_ref()
                         .ok_or_else(|| format!("numeric column `{}` has no stats", c.name))?;
                     if s.quantiles.len() < 2 || s.quantiles.windows(2).any(|w| w[0] > w[1]) {
-                        return Err(format!(
-                            "numeric column `{}` has invalid quantiles",
-                            c.name
-                        ));
+                        return Err(format!("numeric column `{}` has invalid quantiles", c.name));
                     }
                     if c.dtype == DType::String {
                         return Err(format!("numeric column `{}` has dtype string", c.name));
                     }
                 }
                 ColumnRole::Categorical | ColumnRole::Label => {
-                    let v = c.vocabulary.as_ref().ok_or_else(|| {
-                        format!("column `{}` has no vocabulary", c.name)
-                    })?;
+                    let v = c
+                        .vocabulary
+                        .as_ref()
+                        .ok_or_else(|| format!("column `{}` has no vocabulary", c.name))?;
                     if v.is_empty() {
                         return Err(format!("column `{}` has an empty vocabulary", c.name));
                     }
                     if c.dtype == DType::Float64 {
-                        return Err(format!(
-                            "categorical column `{}` has dtype float64",
-                            c.name
-                        ));
+                        return Err(format!("categorical column `{}` has dtype float64", c.name));
                     }
                 }
             }
@@ -311,8 +306,10 @@ impl DatasetManifest {
     }
 }
 
-/// Name of the manifest a sampling job writes next to its parts.
-pub const SAMPLE_MANIFEST_NAME: &str = "sample.json";
+/// Name of the manifest a sampling job writes next to its parts. The leading underscore makes
+/// directory readers (pyarrow, pandas, Spark, DuckDB globs of the folder) skip it, so the output
+/// folder reads as one Parquet dataset.
+pub const SAMPLE_MANIFEST_NAME: &str = "_sample.json";
 /// Success marker of a sampling job, written after the manifest.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
 

@@ -132,7 +132,8 @@ impl Location {
             .map_err(|e| Error::io(format!("creating directory {}", path.display()), e))?;
         let abs = std::fs::canonicalize(path)
             .map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
-        let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| Error::store(abs.display(), e))?;
+        let store =
+            LocalFileSystem::new_with_prefix(&abs).map_err(|e| Error::store(abs.display(), e))?;
         Ok(Self {
             store: Arc::new(store.with_automatic_cleanup(true)),
             prefix: Path::default(),
@@ -178,7 +179,11 @@ impl Location {
 
     /// `url/rel`, for messages.
     pub fn display(&self, rel: &str) -> String {
-        format!("{}/{}", self.url.trim_end_matches('/'), rel.trim_matches('/'))
+        format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            rel.trim_matches('/')
+        )
     }
 
     /// Reads a whole object.
@@ -188,7 +193,9 @@ impl Location {
             .get(&self.path(rel))
             .await
             .map_err(|e| Error::store(self.display(rel), e))?;
-        r.bytes().await.map_err(|e| Error::store(self.display(rel), e))
+        r.bytes()
+            .await
+            .map_err(|e| Error::store(self.display(rel), e))
     }
 
     /// Reads a whole object, or `None` if it does not exist.
@@ -311,6 +318,7 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -318,11 +326,24 @@ mod tests {
     async fn local_location_round_trips_and_create_only_put_refuses_second_write() {
         let dir = tempfile::tempdir().unwrap();
         let loc = Location::parse(dir.path().join("a/b").to_str().unwrap()).unwrap();
-        loc.put("x/y.txt", Bytes::from_static(b"hello")).await.unwrap();
-        assert_eq!(loc.get("x/y.txt").await.unwrap(), Bytes::from_static(b"hello"));
+        loc.put("x/y.txt", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        assert_eq!(
+            loc.get("x/y.txt").await.unwrap(),
+            Bytes::from_static(b"hello")
+        );
         assert!(loc.get_opt("nope").await.unwrap().is_none());
-        assert!(loc.put_if_absent("m.json", Bytes::from_static(b"1")).await.unwrap());
-        assert!(!loc.put_if_absent("m.json", Bytes::from_static(b"2")).await.unwrap());
+        assert!(
+            loc.put_if_absent("m.json", Bytes::from_static(b"1"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !loc.put_if_absent("m.json", Bytes::from_static(b"2"))
+                .await
+                .unwrap()
+        );
         assert_eq!(loc.get("m.json").await.unwrap(), Bytes::from_static(b"1"));
         let sub = loc.join("x");
         let names: Vec<String> = sub

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow_schema::DataType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -106,9 +108,12 @@ impl Layout {
         let mut codes = Vec::new();
         for &i in categorical.iter().chain(std::iter::once(&label)) {
             let c = &manifest.columns[i];
-            let vocab = c.vocabulary.as_ref().ok_or_else(|| Error::InvalidManifest {
-                reason: format!("column `{}` has no vocabulary", c.name),
-            })?;
+            let vocab = c
+                .vocabulary
+                .as_ref()
+                .ok_or_else(|| Error::InvalidManifest {
+                    reason: format!("column `{}` has no vocabulary", c.name),
+                })?;
             codes.push(
                 vocab
                     .iter()
@@ -223,7 +228,11 @@ fn append_batch(
         .iter()
         .enumerate()
         .map(|(k, &ci)| (ci, k, Some(k)))
-        .chain(std::iter::once((layout.label, layout.categorical.len(), None)));
+        .chain(std::iter::once((
+            layout.label,
+            layout.categorical.len(),
+            None,
+        )));
     for (ci, code_idx, cat_slot) in coded {
         let name = &manifest.columns[ci].name;
         let col = column(batch, name, location)?;
@@ -347,10 +356,10 @@ pub fn write_parquet(
     debug_assert_eq!(schema.fields().len(), arrays.len());
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(arrow_err(location))?;
     let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(writer_properties(row_group_rows)))
-        .map_err(parquet_err(location))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, schema, Some(writer_properties(row_group_rows)))
+            .map_err(parquet_err(location))?;
     writer.write(&batch).map_err(parquet_err(location))?;
     writer.close().map_err(parquet_err(location))?;
     Ok(Bytes::from(buf))
 }
-

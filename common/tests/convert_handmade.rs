@@ -2,6 +2,7 @@
 //! destination, and the cleaning and typing rules hold on the edge cases real files only
 //! sometimes show.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -22,11 +22,14 @@ pub fn row_groups(manifest: &DatasetManifest) -> Vec<RowGroup> {
         .parts
         .iter()
         .flat_map(|p| {
-            p.row_groups.iter().enumerate().map(move |(i, &rows)| RowGroup {
-                part: p.path.clone(),
-                index: i as u32,
-                rows,
-            })
+            p.row_groups
+                .iter()
+                .enumerate()
+                .map(move |(i, &rows)| RowGroup {
+                    part: p.path.clone(),
+                    index: i as u32,
+                    rows,
+                })
         })
         .collect()
 }
@@ -81,8 +84,9 @@ pub fn mix(mut x: u64) -> u64 {
 
 fn str_hash(s: &str) -> u64 {
     // FNV-1a: stable across runs and platforms, unlike std's RandomState.
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Splits a sampling request into chunks of at most [`SAMPLE_CHUNK_ROWS`] rows, each with its
@@ -117,6 +121,7 @@ pub fn chunks_for_rank(chunks: &[SampleChunk], rank: usize, world: usize) -> Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -137,7 +142,14 @@ mod tests {
 
     #[test]
     fn every_row_group_goes_to_exactly_one_rank_and_loads_are_balanced() {
-        let g = groups(&[("a", 100), ("a", 100), ("a", 40), ("b", 100), ("b", 60), ("c", 7)]);
+        let g = groups(&[
+            ("a", 100),
+            ("a", 100),
+            ("a", 40),
+            ("b", 100),
+            ("b", 60),
+            ("c", 7),
+        ]);
         for world in 1..=5 {
             let plan = shard(&g, world);
             assert_eq!(plan.len(), world);
@@ -180,8 +192,9 @@ mod tests {
         let seeds: std::collections::HashSet<u64> = chunks.iter().map(|c| c.seed).collect();
         assert_eq!(seeds.len(), chunks.len(), "chunk seeds must differ");
         for world in 1..=3 {
-            let mut all: Vec<SampleChunk> =
-                (0..world).flat_map(|r| chunks_for_rank(&chunks, r, world)).collect();
+            let mut all: Vec<SampleChunk> = (0..world)
+                .flat_map(|r| chunks_for_rank(&chunks, r, world))
+                .collect();
             all.sort_by_key(|c| c.index);
             assert_eq!(all, chunks);
         }

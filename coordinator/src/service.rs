@@ -15,7 +15,7 @@ use flowsynth_common::checkpoint;
 use flowsynth_common::config::JobConfig;
 use flowsynth_common::dataset;
 use flowsynth_common::manifest::{
-    SAMPLE_MANIFEST_NAME, SUCCESS_MARKER, SampleManifest, SamplePart, MANIFEST_FORMAT_VERSION,
+    MANIFEST_FORMAT_VERSION, SAMPLE_MANIFEST_NAME, SUCCESS_MARKER, SampleManifest, SamplePart,
 };
 use flowsynth_common::store::Location;
 use flowsynth_proto::job_service_server::JobService;
@@ -176,7 +176,11 @@ impl Coordinator {
                 }
                 let _ = self.persist.send(job.clone());
             }
-            tracing::info!("recovered job {} ({:?})", job.id, JobState::try_from(job.state));
+            tracing::info!(
+                "recovered job {} ({:?})",
+                job.id,
+                JobState::try_from(job.state)
+            );
             let mut inner = self.lock();
             inner.order.push(job.id.clone());
             let (tx, _) = watch::channel(job.clone());
@@ -292,7 +296,9 @@ impl Coordinator {
                     let shards = plan::shard(groups, world);
                     let rows: Vec<u64> = shards.iter().map(|(_, r)| *r).collect();
                     let steps = plan::steps_per_epoch(&rows, *batch_size);
-                    for (rank, ((shards, _), (_, worker))) in shards.into_iter().zip(&idle).enumerate() {
+                    for (rank, ((shards, _), (_, worker))) in
+                        shards.into_iter().zip(&idle).enumerate()
+                    {
                         assignments.insert(
                             worker.clone(),
                             Assignment {
@@ -344,6 +350,29 @@ impl Coordinator {
         }
     }
 
+    /// Holds a call up to `wait_ms` (capped) until `check` has an answer. `check` runs under the
+    /// lock, first at once and then after every state change; `Ok(None)` means "timed out".
+    /// It must not wake waiters unless it changed something, or the wait becomes a spin.
+    async fn long_poll<T>(
+        &self,
+        wait_ms: u32,
+        mut check: impl FnMut(&mut Inner) -> Option<Result<T, Status>>,
+    ) -> Result<Option<T>, Status> {
+        let wait = Duration::from_millis(wait_ms as u64).min(self.config.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(answer) = check(&mut self.lock()) {
+                return answer.map(Some);
+            }
+            if tokio::time::Instant::now() >= deadline
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
     fn job_snapshot(&self, id: &str) -> Result<Job, Status> {
         self.lock()
             .jobs
@@ -370,7 +399,11 @@ impl Coordinator {
                     let synthetic = it.next() == Some("true");
                     let rows = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
                     let path = it.next().unwrap_or_default().to_string();
-                    parts.push(SamplePart { path, rows, synthetic });
+                    parts.push(SamplePart {
+                        path,
+                        rows,
+                        synthetic,
+                    });
                 }
             }
             parts.sort_by(|a, b| a.path.cmp(&b.path));
@@ -384,7 +417,9 @@ impl Coordinator {
         }
         .await;
         let mut inner = self.lock();
-        let Some(entry) = inner.jobs.get_mut(&job_id) else { return };
+        let Some(entry) = inner.jobs.get_mut(&job_id) else {
+            return;
+        };
         match result {
             Ok(url) => {
                 entry.job.state = JobState::Succeeded as i32;
@@ -472,7 +507,9 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 out_url: s.out_url.clone(),
             })
         }
-        None => Err(Status::invalid_argument("job spec names neither train nor sample")),
+        None => Err(Status::invalid_argument(
+            "job spec names neither train nor sample",
+        )),
     }
 }
 
@@ -528,7 +565,11 @@ impl JobService for Coordinator {
         inner.jobs.insert(job.id.clone(), entry);
         self.schedule(&mut inner);
         tracing::info!("accepted job {}", job.id);
-        let snapshot = inner.jobs.get(&job.id).map(|e| e.job.clone()).unwrap_or(job);
+        let snapshot = inner
+            .jobs
+            .get(&job.id)
+            .map(|e| e.job.clone())
+            .unwrap_or(job);
         Ok(Response::new(snapshot))
     }
 
@@ -668,7 +709,11 @@ impl WorkerService for Coordinator {
         let stop_job_ids = inner
             .jobs
             .values()
-            .filter(|e| is_terminal(e.job.state) && e.assignments.contains_key(&id) && !e.done.values().any(|d| d.worker_id == id))
+            .filter(|e| {
+                is_terminal(e.job.state)
+                    && e.assignments.contains_key(&id)
+                    && !e.done.values().any(|d| d.worker_id == id)
+            })
             .map(|e| e.job.id.clone())
             .collect();
         Ok(Response::new(HeartbeatResponse {
@@ -682,41 +727,24 @@ impl WorkerService for Coordinator {
         req: Request<GetAssignmentRequest>,
     ) -> Result<Response<GetAssignmentResponse>, Status> {
         let r = req.into_inner();
-        let wait = Duration::from_millis(r.wait_ms as u64).min(self.config.max_wait);
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.changed.notified();
-            {
-                let mut inner = self.lock();
+        let assignment = self
+            .long_poll(r.wait_ms, |inner| {
                 let Some(w) = inner.workers.get_mut(&r.worker_id) else {
-                    return Err(Status::not_found(format!(
+                    return Some(Err(Status::not_found(format!(
                         "unknown worker `{}`; register again",
                         r.worker_id
-                    )));
+                    ))));
                 };
                 w.last_seen = Instant::now();
                 if w.job.is_none() {
-                    self.schedule(&mut inner);
+                    self.schedule(inner);
                 }
-                let job = inner.workers.get(&r.worker_id).and_then(|w| w.job.clone());
-                if let Some(job) = job {
-                    if let Some(a) = inner
-                        .jobs
-                        .get(&job)
-                        .and_then(|e| e.assignments.get(&r.worker_id))
-                    {
-                        return Ok(Response::new(GetAssignmentResponse {
-                            assignment: Some(a.clone()),
-                        }));
-                    }
-                }
-            }
-            if tokio::time::Instant::now() >= deadline
-                || tokio::time::timeout_at(deadline, notified).await.is_err()
-            {
-                return Ok(Response::new(GetAssignmentResponse { assignment: None }));
-            }
-        }
+                let job = inner.workers.get(&r.worker_id)?.job.clone()?;
+                let a = inner.jobs.get(&job)?.assignments.get(&r.worker_id)?;
+                Some(Ok(a.clone()))
+            })
+            .await?;
+        Ok(Response::new(GetAssignmentResponse { assignment }))
     }
 
     async fn rendezvous(
@@ -724,18 +752,14 @@ impl WorkerService for Coordinator {
         req: Request<RendezvousRequest>,
     ) -> Result<Response<RendezvousResponse>, Status> {
         let r = req.into_inner();
-        let wait = Duration::from_millis(r.wait_ms as u64).min(self.config.max_wait);
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.changed.notified();
-            {
-                let mut inner = self.lock();
-                let entry = inner
-                    .jobs
-                    .get_mut(&r.job_id)
-                    .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
+        let outcome = self
+            .long_poll(r.wait_ms, |inner| {
+                let entry = match inner.jobs.get_mut(&r.job_id) {
+                    Some(e) => e,
+                    None => return Some(Err(Status::not_found(format!("no job `{}`", r.job_id)))),
+                };
                 let abort = |message: String| {
-                    Ok(Response::new(RendezvousResponse {
+                    Some(Ok(RendezvousResponse {
                         complete: false,
                         peers: vec![],
                         nccl_unique_id: vec![],
@@ -755,23 +779,25 @@ impl WorkerService for Coordinator {
                 match entry.assignments.get(&r.worker_id) {
                     Some(a) if a.rank == r.rank => {}
                     _ => {
-                        return Err(Status::permission_denied(format!(
+                        return Some(Err(Status::permission_denied(format!(
                             "worker `{}` is not rank {} of job `{}`",
                             r.worker_id, r.rank, r.job_id
-                        )));
+                        ))));
                     }
                 }
                 // Re-arrival (a retried call) just refreshes the address. Only a change wakes
                 // the other waiters: waking ourselves would turn the long-poll into a spin.
-                let mut changed =
-                    entry.arrived.get(&r.rank) != Some(&r.collective_address);
+                let mut changed = entry.arrived.get(&r.rank) != Some(&r.collective_address);
                 entry.arrived.insert(r.rank, r.collective_address.clone());
-                if r.rank == 0 && !r.nccl_unique_id.is_empty() && entry.nccl_id != r.nccl_unique_id {
+                if r.rank == 0 && !r.nccl_unique_id.is_empty() && entry.nccl_id != r.nccl_unique_id
+                {
                     entry.nccl_id = r.nccl_unique_id.clone();
                     changed = true;
                 }
-                let world = entry.assignments.len();
-                if entry.arrived.len() == world {
+                if changed {
+                    self.changed.notify_waiters();
+                }
+                if entry.arrived.len() == entry.assignments.len() {
                     let peers = entry
                         .arrived
                         .iter()
@@ -781,10 +807,7 @@ impl WorkerService for Coordinator {
                         })
                         .collect();
                     let nccl_unique_id = entry.nccl_id.clone();
-                    if changed {
-                        self.changed.notify_waiters();
-                    }
-                    return Ok(Response::new(RendezvousResponse {
+                    return Some(Ok(RendezvousResponse {
                         complete: true,
                         peers,
                         nccl_unique_id,
@@ -792,22 +815,18 @@ impl WorkerService for Coordinator {
                         message: String::new(),
                     }));
                 }
-                if changed {
-                    self.changed.notify_waiters();
-                }
+                None
+            })
+            .await?;
+        Ok(Response::new(outcome.unwrap_or_else(|| {
+            RendezvousResponse {
+                complete: false,
+                peers: vec![],
+                nccl_unique_id: vec![],
+                abort: false,
+                message: "waiting for the other ranks".into(),
             }
-            if tokio::time::Instant::now() >= deadline
-                || tokio::time::timeout_at(deadline, notified).await.is_err()
-            {
-                return Ok(Response::new(RendezvousResponse {
-                    complete: false,
-                    peers: vec![],
-                    nccl_unique_id: vec![],
-                    abort: false,
-                    message: "waiting for the other ranks".into(),
-                }));
-            }
-        }
+        })))
     }
 
     async fn report_progress(

@@ -2,6 +2,8 @@
 //! end-to-end tests cover the wire). A tiny dataset manifest in a temporary directory stands in
 //! for a converted dataset; the coordinator reads nothing else of it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -81,9 +83,12 @@ async fn fixture(config: CoordinatorConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let loc = Location::parse(data.to_str().unwrap()).unwrap();
-    loc.put(MANIFEST_NAME, manifest(&[&[100, 100, 40], &[100, 60]]).to_json().into())
-        .await
-        .unwrap();
+    loc.put(
+        MANIFEST_NAME,
+        manifest(&[&[100, 100, 40], &[100, 60]]).to_json().into(),
+    )
+    .await
+    .unwrap();
     let store = Location::parse(dir.path().join("state").to_str().unwrap()).unwrap();
     let coordinator = Coordinator::open(store, config).await.unwrap();
     Fixture {
@@ -149,7 +154,11 @@ fn done(worker: &str, a: &Assignment, success: bool) -> DoneReport {
         job_id: a.job_id.clone(),
         rank: a.rank,
         success,
-        message: if success { String::new() } else { "boom".into() },
+        message: if success {
+            String::new()
+        } else {
+            "boom".into()
+        },
         result_url: format!("ckpt-of-rank-{}", a.rank),
         outputs: vec![],
         rows_written: 0,
@@ -164,7 +173,10 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     assert_eq!(j.state(), JobState::Pending);
 
     let w0 = register(c).await;
-    assert!(assignment(c, &w0).await.is_none(), "one worker is not enough");
+    assert!(
+        assignment(c, &w0).await.is_none(),
+        "one worker is not enough"
+    );
     let w1 = register(c).await;
     let a0 = assignment(c, &w0).await.expect("rank group formed");
     let a1 = assignment(c, &w1).await.expect("rank group formed");
@@ -175,7 +187,10 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
         .map(|a| a.shards.iter().map(|s| s.rows).sum())
         .collect();
     assert_eq!(rows.iter().sum::<u64>(), 400);
-    assert_eq!(a0.steps_per_epoch, 4, "lockstep follows the larger shard (200 rows / 50)");
+    assert_eq!(
+        a0.steps_per_epoch, 4,
+        "lockstep follows the larger shard (200 rows / 50)"
+    );
     let mut groups: Vec<(String, u32)> = [&a0, &a1]
         .iter()
         .flat_map(|a| a.shards.iter())
@@ -196,16 +211,30 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
         nccl_unique_id: vec![],
         wait_ms: 50,
     };
-    let first = c.rendezvous(Request::new(rv(&w0, &a0))).await.unwrap().into_inner();
+    let first = c
+        .rendezvous(Request::new(rv(&w0, &a0)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!first.complete && !first.abort);
-    let second = c.rendezvous(Request::new(rv(&w1, &a1))).await.unwrap().into_inner();
+    let second = c
+        .rendezvous(Request::new(rv(&w1, &a1)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.complete);
     assert_eq!(second.peers.len(), 2);
     assert_eq!(second.peers[1].address, "10.0.0.1:1");
     // A stale generation is told to abort.
     let mut stale = rv(&w0, &a0);
     stale.generation += 7;
-    assert!(c.rendezvous(Request::new(stale)).await.unwrap().into_inner().abort);
+    assert!(
+        c.rendezvous(Request::new(stale))
+            .await
+            .unwrap()
+            .into_inner()
+            .abort
+    );
 
     // Progress from rank 0 shows on the job.
     let ack = c
@@ -225,9 +254,13 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     assert!(!ack.stop);
     assert_eq!(job(c, &j.id).await.progress.unwrap().epoch, 2);
 
-    c.report_done(Request::new(done(&w1, &a1, true))).await.unwrap();
+    c.report_done(Request::new(done(&w1, &a1, true)))
+        .await
+        .unwrap();
     assert_eq!(job(c, &j.id).await.state(), JobState::Running);
-    c.report_done(Request::new(done(&w0, &a0, true))).await.unwrap();
+    c.report_done(Request::new(done(&w0, &a0, true)))
+        .await
+        .unwrap();
     let end = job(c, &j.id).await;
     assert_eq!(end.state(), JobState::Succeeded);
     assert_eq!(end.result_url, "ckpt-of-rank-0");
@@ -239,13 +272,20 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
     let c = &f.coordinator;
     let j = submit(c, train_spec(&f.data, 2)).await;
     let (w0, w1) = (register(c).await, register(c).await);
-    let (a0, a1) = (assignment(c, &w0).await.unwrap(), assignment(c, &w1).await.unwrap());
-    c.report_done(Request::new(done(&w1, &a1, false))).await.unwrap();
+    let (a0, a1) = (
+        assignment(c, &w0).await.unwrap(),
+        assignment(c, &w1).await.unwrap(),
+    );
+    c.report_done(Request::new(done(&w1, &a1, false)))
+        .await
+        .unwrap();
     let failed = job(c, &j.id).await;
     assert_eq!(failed.state(), JobState::Failed);
     assert!(failed.message.contains("boom"), "{}", failed.message);
     let hb = c
-        .heartbeat(Request::new(HeartbeatRequest { worker_id: w0.clone() }))
+        .heartbeat(Request::new(HeartbeatRequest {
+            worker_id: w0.clone(),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -278,7 +318,11 @@ async fn a_silent_worker_is_reaped_and_its_job_fails() {
     c.reap();
     let failed = job(c, &j.id).await;
     assert_eq!(failed.state(), JobState::Failed);
-    assert!(failed.message.contains("stopped heartbeating"), "{}", failed.message);
+    assert!(
+        failed.message.contains("stopped heartbeating"),
+        "{}",
+        failed.message
+    );
     let hb = c
         .heartbeat(Request::new(HeartbeatRequest { worker_id: w }))
         .await
@@ -297,7 +341,11 @@ async fn bad_submissions_are_rejected_with_a_reason() {
         }))
         .await
         .unwrap_err();
-    assert!(missing.message().contains("flowsynth convert"), "{}", missing.message());
+    assert!(
+        missing.message().contains("flowsynth convert"),
+        "{}",
+        missing.message()
+    );
     let mut spec = train_spec(&f.data, 1);
     if let Some(job_spec::Kind::Train(t)) = spec.kind.as_mut() {
         t.config_toml = "[train]\nbatch_size = 0\n".into();
@@ -314,15 +362,21 @@ async fn cancel_ends_a_pending_job_and_a_restarted_coordinator_remembers_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let loc = Location::parse(data.to_str().unwrap()).unwrap();
-    loc.put(MANIFEST_NAME, manifest(&[&[10]]).to_json().into()).await.unwrap();
+    loc.put(MANIFEST_NAME, manifest(&[&[10]]).to_json().into())
+        .await
+        .unwrap();
     let state = dir.path().join("state");
     let (cancelled, queued) = {
         let store = Location::parse(state.to_str().unwrap()).unwrap();
-        let c = Coordinator::open(store, CoordinatorConfig::default()).await.unwrap();
+        let c = Coordinator::open(store, CoordinatorConfig::default())
+            .await
+            .unwrap();
         let a = submit(&c, train_spec(data.to_str().unwrap(), 1)).await;
         let b = submit(&c, train_spec(data.to_str().unwrap(), 1)).await;
         let after = c
-            .cancel_job(Request::new(CancelJobRequest { job_id: a.id.clone() }))
+            .cancel_job(Request::new(CancelJobRequest {
+                job_id: a.id.clone(),
+            }))
             .await
             .unwrap()
             .into_inner();
@@ -332,7 +386,9 @@ async fn cancel_ends_a_pending_job_and_a_restarted_coordinator_remembers_it() {
         (a.id, b.id)
     };
     let store = Location::parse(state.to_str().unwrap()).unwrap();
-    let c = Coordinator::open(store, CoordinatorConfig::default()).await.unwrap();
+    let c = Coordinator::open(store, CoordinatorConfig::default())
+        .await
+        .unwrap();
     assert_eq!(job(&c, &cancelled).await.state(), JobState::Cancelled);
     let q = job(&c, &queued).await;
     assert_eq!(q.state(), JobState::Pending);

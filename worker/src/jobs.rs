@@ -62,7 +62,10 @@ pub fn pick_device(name: &str) -> Result<Device> {
         "" | "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0, name),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => cuda(n, name),
             None => Err(Error::Device {
                 device: name.into(),
@@ -113,7 +116,13 @@ fn read_shards(data: &Location, manifest: &DatasetManifest, a: &Assignment) -> R
             .into());
         }
         let groups = shard.row_groups.iter().map(|&g| g as usize).collect();
-        let t = table::read_parquet(bytes, manifest, &layout, Some(groups), &data.display(&part.path))?;
+        let t = table::read_parquet(
+            bytes,
+            manifest,
+            &layout,
+            Some(groups),
+            &data.display(&part.path),
+        )?;
         table.append(&t);
     }
     Ok(table)
@@ -198,7 +207,12 @@ fn save_checkpoint(
         dataset_url: data_url.to_string(),
         dataset_content_hash: manifest.content_hash.clone(),
     };
-    let url = block_on(checkpoint::commit(root, meta, files, cfg.train.keep_checkpoints))?;
+    let url = block_on(checkpoint::commit(
+        root,
+        meta,
+        files,
+        cfg.train.keep_checkpoints,
+    ))?;
     tracing::info!("committed checkpoint {url}");
     Ok(url)
 }
@@ -220,7 +234,11 @@ fn restore(trainer: &mut Trainer, ck: &LoadedCheckpoint) -> Result<()> {
 /// Runs a training assignment to completion; returns the final checkpoint's URL.
 pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOutcome> {
     let cfg = JobConfig::from_toml(&spec.config_toml, "job config")?;
-    let device = pick_device(if cfg.train.device == "auto" { &ctx.device } else { &cfg.train.device })?;
+    let device = pick_device(if cfg.train.device == "auto" {
+        &ctx.device
+    } else {
+        &cfg.train.device
+    })?;
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
@@ -249,12 +267,12 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     let root = Location::parse(&spec.checkpoints_url)?;
     let mut trainer = Trainer::new(&manifest, &cfg.train, &cfg.model, device)?;
     if let Some(ck) = block_on(checkpoint::latest(&root))? {
-        if ck.manifest.dataset_content_hash != manifest.content_hash {
+        if ck.manifest.meta.dataset_content_hash != manifest.content_hash {
             return Err(Error::Checkpoint {
                 location: ck.url,
                 reason: format!(
                     "it was trained on another dataset ({}); use a fresh --checkpoints location",
-                    ck.manifest.dataset_url
+                    ck.manifest.meta.dataset_url
                 ),
             });
         }
@@ -262,8 +280,8 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         tracing::info!(
             "resuming from {} (stage {}, step {})",
             ck.url,
-            ck.manifest.stage,
-            ck.manifest.step
+            ck.manifest.meta.stage,
+            ck.manifest.meta.step
         );
         if trainer.state().stage == Stage::Done {
             return Ok(JobOutcome {
@@ -298,7 +316,8 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
                 p.epochs = epochs;
                 p.step = step;
                 p.steps_per_epoch = steps_per_epoch;
-                p.rows_per_second = (step as f64 * batch as f64) / started.elapsed().as_secs_f64().max(1e-9);
+                p.rows_per_second =
+                    (step as f64 * batch as f64) / started.elapsed().as_secs_f64().max(1e-9);
             });
             Ok(())
         };
@@ -325,7 +344,8 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         let stage_changed = trainer.state().stage != stage;
         let periodic = (epoch as usize).is_multiple_of(cfg.train.checkpoint_every);
         if a.rank == 0 && (stage_changed || periodic) {
-            last_url = save_checkpoint(&trainer, &root, &cfg, &manifest, &spec.data_url, &a.job_id)?;
+            last_url =
+                save_checkpoint(&trainer, &root, &cfg, &manifest, &spec.data_url, &a.job_id)?;
         }
     }
     Ok(JobOutcome {
@@ -366,7 +386,7 @@ fn sample_inner(
         ..Default::default()
     });
     let ck = block_on(checkpoint::resolve(&spec.checkpoint_url))?;
-    if ck.manifest.stage == "vae" {
+    if ck.manifest.meta.stage == "vae" {
         return Err(Error::Checkpoint {
             location: ck.url.clone(),
             reason: "it was taken during VAE training and has no trained denoiser; sample from a later checkpoint".into(),
@@ -405,7 +425,10 @@ fn sample_inner(
             .iter()
             .position(|c| c == &chunk.class_name)
             .ok_or_else(|| Error::Assignment {
-                reason: format!("class `{}` is not in the checkpoint's data", chunk.class_name),
+                reason: format!(
+                    "class `{}` is not in the checkpoint's data",
+                    chunk.class_name
+                ),
             })? as u32;
         let labels = vec![code; chunk.count as usize];
         let rows = model.sample(&labels, steps, guidance, chunk.seed)?;
@@ -425,14 +448,14 @@ fn sample_inner(
     }
     let mut real_rows = 0u64;
     if spec.with_real && a.rank == 0 {
-        let data = Location::parse(&ck.manifest.dataset_url)?;
+        let data = Location::parse(&ck.manifest.meta.dataset_url)?;
         let current = block_on(dataset::load_manifest(&data))?;
         if current.content_hash != ds.content_hash {
             return Err(Error::Checkpoint {
                 location: ck.url.clone(),
                 reason: format!(
                     "its training data at {} has changed since training (content hash differs)",
-                    ck.manifest.dataset_url
+                    ck.manifest.meta.dataset_url
                 ),
             });
         }
