@@ -399,6 +399,20 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     let sample = json(&out.join("_sample.json"));
     assert_eq!(sample["synthetic_rows"], 100);
     assert_eq!(sample["real_rows"], 0);
+
+    // A finished sample is never overwritten.
+    let again = run(&[
+        "sample",
+        "--checkpoint",
+        ckpts.to_str().unwrap(),
+        "--classes",
+        "normal=5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a finished sample"));
+    assert_eq!(json(&out.join("_sample.json"))["synthetic_rows"], 100);
 }
 
 #[test]

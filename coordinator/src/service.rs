@@ -290,49 +290,39 @@ impl Coordinator {
                 continue;
             };
             let generation = entry.job.generation;
-            let mut assignments = BTreeMap::new();
-            match &work {
+            // Per rank: its shards and the lockstep step count (training), its chunks (sampling).
+            let per_rank: Vec<(Vec<Shard>, u64, Vec<SampleChunk>)> = match &work {
                 WorkPlan::Train { groups, batch_size } => {
                     let shards = plan::shard(groups, world);
                     let rows: Vec<u64> = shards.iter().map(|(_, r)| *r).collect();
                     let steps = plan::steps_per_epoch(&rows, *batch_size);
-                    for (rank, ((shards, _), (_, worker))) in
-                        shards.into_iter().zip(&idle).enumerate()
-                    {
-                        assignments.insert(
-                            worker.clone(),
-                            Assignment {
-                                job_id: job_id.clone(),
-                                generation,
-                                rank: rank as u32,
-                                world_size: world as u32,
-                                spec: Some(spec.clone()),
-                                shards,
-                                steps_per_epoch: steps,
-                                chunks: vec![],
-                                auth_token: token.clone(),
-                            },
-                        );
-                    }
+                    shards
+                        .into_iter()
+                        .map(|(s, _)| (s, steps, vec![]))
+                        .collect()
                 }
-                WorkPlan::Sample { chunks, .. } => {
-                    for (rank, (_, worker)) in idle.iter().enumerate() {
-                        assignments.insert(
-                            worker.clone(),
-                            Assignment {
-                                job_id: job_id.clone(),
-                                generation,
-                                rank: rank as u32,
-                                world_size: world as u32,
-                                spec: Some(spec.clone()),
-                                shards: vec![],
-                                steps_per_epoch: 0,
-                                chunks: plan::chunks_for_rank(chunks, rank, world),
-                                auth_token: token.clone(),
-                            },
-                        );
-                    }
-                }
+                WorkPlan::Sample { chunks, .. } => (0..world)
+                    .map(|rank| (vec![], 0, plan::chunks_for_rank(chunks, rank, world)))
+                    .collect(),
+            };
+            let mut assignments = BTreeMap::new();
+            for (rank, ((shards, steps_per_epoch, chunks), (_, worker))) in
+                per_rank.into_iter().zip(&idle).enumerate()
+            {
+                assignments.insert(
+                    worker.clone(),
+                    Assignment {
+                        job_id: job_id.clone(),
+                        generation,
+                        rank: rank as u32,
+                        world_size: world as u32,
+                        spec: Some(spec.clone()),
+                        shards,
+                        steps_per_epoch,
+                        chunks,
+                        auth_token: token.clone(),
+                    },
+                );
             }
             entry.job.workers = idle.iter().map(|(_, w)| w.clone()).collect();
             entry.job.state = JobState::Running as i32;
@@ -486,7 +476,20 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 }
                 classes.push((c.class_name.clone(), c.count));
             }
-            Location::parse(&s.out_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let out =
+                Location::parse(&s.out_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            for marker in [SUCCESS_MARKER, SAMPLE_MANIFEST_NAME] {
+                if out
+                    .exists(marker)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                {
+                    return Err(Status::already_exists(format!(
+                        "{} already holds a finished sample; remove it or choose another --out",
+                        s.out_url
+                    )));
+                }
+            }
             let chunks = plan::sample_chunks(&classes, s.seed);
             let manifest = SampleManifest {
                 format_version: MANIFEST_FORMAT_VERSION,

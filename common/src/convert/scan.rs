@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::input::{Records, Row};
-use super::plan::{Plan, normalise_label};
+use super::plan::{Label, Plan, normalise_label};
 use super::{DISTINCT_CAP, QUANTILE_SAMPLE_ROWS, VOCABULARY_CAP};
 use crate::error::{Error, Result};
 use crate::manifest::{NonFinitePolicy, NumericStats, RowDrops, SourceFile};
@@ -114,6 +114,23 @@ pub(super) fn row_key(rec: Row<'_>, features: &[usize], label: &str) -> u128 {
         add(rec.get(c).unwrap_or_default().trim_ascii());
     }
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Checks a record's width and reads its normalised label; errors name file, line and column.
+pub(super) fn row_label<'r>(
+    rec: Row<'r>,
+    plan: &Plan,
+    path: &Path,
+    line: u64,
+) -> Result<Label<'r>> {
+    check_width(rec, plan, path, line)?;
+    normalise_label(rec.get(plan.label).unwrap_or_default(), plan.repair_labels).ok_or_else(|| {
+        Error::NotUtf8 {
+            path: path.to_path_buf(),
+            line,
+            column: plan.name(plan.label).to_string(),
+        }
+    })
 }
 
 /// Checks a record's width.
@@ -429,15 +446,8 @@ pub(super) fn scan(
         let (mut rows_read, mut rows_kept) = (0u64, 0u64);
         while let Some(line) = records.next_record()? {
             let rec = records.record();
-            check_width(rec, plan, path, line)?;
+            let label = row_label(rec, plan, path, line)?;
             rows_read += 1;
-            let label =
-                normalise_label(rec.get(plan.label).unwrap_or_default(), plan.repair_labels)
-                    .ok_or_else(|| Error::NotUtf8 {
-                        path: path.clone(),
-                        line,
-                        column: plan.name(plan.label).to_string(),
-                    })?;
             let labelled = !label.text.is_empty();
 
             // Classify every feature field (UTF-8 is checked on every row, dropped or not) and

@@ -17,8 +17,8 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use parquet::arrow::ArrowWriter;
 use sha2::{Digest, Sha256};
 
-use super::plan::{Plan, normalise_label};
-use super::scan::{Cell, check_width, classify, field_text, open_rows, row_key};
+use super::plan::Plan;
+use super::scan::{Cell, classify, field_text, open_rows, row_key, row_label};
 use crate::error::{Error, Result};
 use crate::manifest::{MANIFEST_NAME, NonFinitePolicy, PartInfo};
 use crate::store::{Location, MULTIPART_THRESHOLD};
@@ -239,14 +239,7 @@ pub(super) fn write_parts(
         };
         while let Some(line) = records.next_record()? {
             let rec = records.record();
-            check_width(rec, plan, path, line)?;
-            let label =
-                normalise_label(rec.get(plan.label).unwrap_or_default(), plan.repair_labels)
-                    .ok_or_else(|| Error::NotUtf8 {
-                        path: path.clone(),
-                        line,
-                        column: plan.name(plan.label).to_string(),
-                    })?;
+            let label = row_label(rec, plan, path, line)?;
             if label.text.is_empty() {
                 continue;
             }
