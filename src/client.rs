@@ -99,8 +99,9 @@ pub async fn status(coordinator: &str, job: Option<&str>, verbose: bool) -> Resu
                 .jobs;
             if jobs.is_empty() {
                 println!("no jobs");
+                return Ok(());
             }
-            println!("{:<18} {:<7} {:<10} {}", "JOB", "KIND", "STATE", "PROGRESS");
+            println!("{:<18} {:<7} {:<10} PROGRESS", "JOB", "KIND", "STATE");
             for job in jobs {
                 println!(
                     "{:<18} {:<7} {:<10} {}",

@@ -42,12 +42,11 @@ fn nsl_subset(dir: &Path, rows: usize) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .args(args)
         .env("FLOWSYNTH_LOG", "warn")
         .output()
-        .expect("cannot run flowsynth");
-    out
+        .expect("cannot run flowsynth")
 }
 
 fn run_ok(args: &[&str]) -> String {

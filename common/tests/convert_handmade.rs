@@ -2,7 +2,6 @@
 //! destination, and the cleaning and typing rules hold on the edge cases real files only
 //! sometimes show.
 #![allow(clippy::unwrap_used)]
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -8,7 +8,6 @@
 //! as floats, NaN/Infinity/empty count as non-finite; a row with a non-finite value in a numeric
 //! column is dropped), and the written Parquet is read back with the parquet crate's own reader.
 #![allow(clippy::unwrap_used)]
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -94,6 +94,19 @@ struct Inner {
     next_seq: u64,
 }
 
+impl Inner {
+    /// Marks `members` idle again if they are still busy with `job_id`.
+    fn free_workers(&mut self, members: &[String], job_id: &str) {
+        for w in members {
+            if let Some(worker) = self.workers.get_mut(w)
+                && worker.job.as_deref() == Some(job_id)
+            {
+                worker.job = None;
+            }
+        }
+    }
+}
+
 /// The coordinator: clone-able handle over shared state.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -223,13 +236,7 @@ impl Coordinator {
             entry.job.message = message;
             let members: Vec<String> = entry.assignments.keys().cloned().collect();
             self.publish(entry);
-            for w in members {
-                if let Some(worker) = inner.workers.get_mut(&w) {
-                    if worker.job.as_deref() == Some(job_id) {
-                        worker.job = None;
-                    }
-                }
-            }
+            inner.free_workers(&members, job_id);
         }
     }
 
@@ -612,13 +619,7 @@ impl JobService for Coordinator {
             self.publish(entry);
             entry.assignments.keys().cloned().collect()
         };
-        for w in members {
-            if let Some(worker) = inner.workers.get_mut(&w) {
-                if worker.job.as_deref() == Some(id.as_str()) {
-                    worker.job = None;
-                }
-            }
-        }
+        inner.free_workers(&members, &id);
         self.schedule(&mut inner);
         Ok(Response::new(inner.jobs[&id].job.clone()))
     }
