@@ -210,7 +210,7 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
         },
     ));
     let url = format!("http://{addr}");
-    let worker = tokio::spawn(flowsynth_worker::run(
+    let mut worker = tokio::spawn(flowsynth_worker::run(
         flowsynth_worker::WorkerOptions {
             coordinator: url.clone(),
             device: device.to_string(),
@@ -219,28 +219,35 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
         },
         std::future::pending(),
     ));
-    let mut client = connect(&url).await?;
-    let job = client
-        .submit_job(SubmitJobRequest { spec: Some(spec) })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    tracing::info!(
-        "job {} submitted to the embedded coordinator at {url}",
-        job.id
-    );
-    let outcome = tokio::select! {
-        r = follow(&mut client, &job.id) => r,
-        _ = tokio::signal::ctrl_c() => {
-            let _ = client.cancel_job(CancelJobRequest { job_id: job.id.clone() }).await;
-            Err(anyhow::anyhow!("interrupted"))
+    let outcome = async {
+        let mut client = connect(&url).await?;
+        let job = client
+            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        tracing::info!(
+            "job {} submitted to the embedded coordinator at {url}",
+            job.id
+        );
+        tokio::select! {
+            r = follow(&mut client, &job.id) => r,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = client.cancel_job(CancelJobRequest { job_id: job.id.clone() }).await;
+                Err(anyhow::anyhow!("interrupted"))
+            }
         }
-    };
-    match tokio::time::timeout(Duration::from_secs(30), worker).await {
-        Ok(Ok(Err(e))) => tracing::warn!("worker ended with: {e}"),
-        Ok(Err(e)) => tracing::warn!("worker task failed: {e}"),
-        _ => {}
     }
+    .await;
+    if outcome.is_ok() {
+        // The worker reports completion before the job shows as ended: let it return cleanly.
+        match tokio::time::timeout(Duration::from_secs(30), &mut worker).await {
+            Ok(Ok(Err(e))) => tracing::warn!("worker ended with: {e}"),
+            Ok(Err(e)) => tracing::warn!("worker task failed: {e}"),
+            _ => {}
+        }
+    }
+    worker.abort();
     let _ = stop_tx.send(());
     let _ = server.await;
     finish(&outcome?)
