@@ -367,15 +367,20 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     );
 
     let out = root.join("s");
-    let bad = run(&[
-        "sample",
-        "--checkpoint",
-        ckpts.to_str().unwrap(),
-        "--classes",
-        "no_such_attack=10",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let sample_args = |classes: &'static str| {
+        [
+            "sample",
+            "--checkpoint",
+            ckpts.to_str().unwrap(),
+            "--classes",
+            classes,
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]
+    };
+    let bad = run(&sample_args("no_such_attack=10"));
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -384,31 +389,13 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     );
     assert!(!out.join("_SUCCESS").exists());
 
-    run_ok(&[
-        "sample",
-        "--checkpoint",
-        ckpts.to_str().unwrap(),
-        "--classes",
-        "normal=100",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    run_ok(&sample_args("normal=100"));
     let sample = json(&out.join("_sample.json"));
     assert_eq!(sample["synthetic_rows"], 100);
     assert_eq!(sample["real_rows"], 0);
 
     // A finished sample is never overwritten.
-    let again = run(&[
-        "sample",
-        "--checkpoint",
-        ckpts.to_str().unwrap(),
-        "--classes",
-        "normal=5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let again = run(&sample_args("normal=5"));
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a finished sample"));
     assert_eq!(json(&out.join("_sample.json"))["synthetic_rows"], 100);

@@ -6,6 +6,7 @@
 //! never sees a category it cannot embed.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -145,16 +146,6 @@ fn parquet_err(location: &str) -> impl Fn(parquet::errors::ParquetError) -> Erro
     }
 }
 
-/// Text form of a categorical cell, matching how vocabularies store values.
-fn cell_text(col: &ArrayRef, row: usize) -> Option<String> {
-    match col.data_type() {
-        DataType::Utf8 => Some(col.as_string::<i32>().value(row).to_string()),
-        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(row).to_string()),
-        DataType::Int64 => Some(col.as_primitive::<Int64Type>().value(row).to_string()),
-        _ => None,
-    }
-}
-
 /// Reads a Parquet part of the dataset (all row groups, or only `row_groups`) into a [`Table`].
 /// `location` names the part in errors.
 pub fn read_parquet(
@@ -237,23 +228,46 @@ fn append_batch(
         let name = &manifest.columns[ci].name;
         let col = column(batch, name, location)?;
         let codes = &layout.codes[code_idx];
-        let mut out = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            if col.is_null(row) {
-                return Err(Error::InvalidPart {
-                    location: location.into(),
-                    reason: format!("column `{name}` has a null at row {row}"),
-                });
-            }
-            let text = cell_text(col, row).ok_or_else(|| Error::InvalidPart {
+        if col.null_count() > 0 {
+            return Err(Error::InvalidPart {
                 location: location.into(),
-                reason: format!("column `{name}` has type {}", col.data_type()),
-            })?;
-            let code = codes.get(&text).ok_or_else(|| Error::InvalidPart {
+                reason: format!("column `{name}` has nulls"),
+            });
+        }
+        // The column's type is resolved once; cells are looked up without allocating (int64
+        // cells are formatted into one reused buffer, as vocabularies store them as text).
+        let code = |text: &str| {
+            codes.get(text).copied().ok_or_else(|| Error::InvalidPart {
                 location: location.into(),
                 reason: format!("column `{name}` holds `{text}`, which is not in its vocabulary"),
-            })?;
-            out.push(*code);
+            })
+        };
+        let mut out = Vec::with_capacity(batch.num_rows());
+        match col.data_type() {
+            DataType::Utf8 => {
+                for v in col.as_string::<i32>().iter().flatten() {
+                    out.push(code(v)?);
+                }
+            }
+            DataType::LargeUtf8 => {
+                for v in col.as_string::<i64>().iter().flatten() {
+                    out.push(code(v)?);
+                }
+            }
+            DataType::Int64 => {
+                let mut buf = String::new();
+                for &v in col.as_primitive::<Int64Type>().values() {
+                    buf.clear();
+                    let _ = write!(buf, "{v}");
+                    out.push(code(&buf)?);
+                }
+            }
+            other => {
+                return Err(Error::InvalidPart {
+                    location: location.into(),
+                    reason: format!("column `{name}` has type {other}"),
+                });
+            }
         }
         match cat_slot {
             Some(k) => table.categorical[k].extend(out),

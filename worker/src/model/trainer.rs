@@ -19,6 +19,7 @@ use super::edm::EdmNoise;
 use super::error::{ModelError, Result};
 use super::layers::scalar;
 use super::optim::{Adam, AdamConfig};
+use super::preprocess::Batch;
 use super::rng::{derive, permutation, tag};
 
 /// Rows per forward pass when evaluating (validation loss, latent statistics).
@@ -285,6 +286,13 @@ impl Trainer {
         }
     }
 
+    /// The rows `idx` of `table`, preprocessed onto the model's device.
+    fn encode_rows(&self, table: &Table, idx: &[usize]) -> Result<Batch> {
+        self.model
+            .preprocessor()
+            .encode(&table.select(idx), self.model.device())
+    }
+
     fn vae_epoch(
         &mut self,
         train: &Table,
@@ -292,7 +300,6 @@ impl Trainer {
         grad_hook: &mut dyn FnMut(&[Tensor]) -> Result<()>,
     ) -> Result<EpochReport> {
         let started = Instant::now();
-        let device = self.model.device();
         let beta = self.state.beta;
         let noise_key = derive(
             self.train.seed,
@@ -302,10 +309,7 @@ impl Trainer {
         let (mut mse, mut ce, mut kl) = (0.0, 0.0, 0.0);
         let mut steps = 0;
         for idx in order.chunks(self.train.batch_size) {
-            let batch = self
-                .model
-                .preprocessor()
-                .encode(&train.select(idx), device)?;
+            let batch = self.encode_rows(train, idx)?;
             let eps = self.model.vae_noise(noise_key, &self.row_ids(idx))?;
             self.vae_opt.zero_grad();
             let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
@@ -362,10 +366,7 @@ impl Trainer {
         let n = val.rows();
         for start in (0..n).step_by(EVAL_CHUNK_ROWS) {
             let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
-            let batch = self
-                .model
-                .preprocessor()
-                .encode(&val.select(&idx), self.model.device())?;
+            let batch = self.encode_rows(val, &idx)?;
             let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
             sum += (loss.mse + loss.ce) * idx.len() as f64;
         }
@@ -418,10 +419,7 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut steps = 0;
         for idx in order.chunks(self.train.batch_size) {
-            let batch = self
-                .model
-                .preprocessor()
-                .encode(&train.select(idx), device)?;
+            let batch = self.encode_rows(train, idx)?;
             let z = self.model.encode_latent(&batch)?;
             let noise = EdmNoise::draw(noise_key, &self.row_ids(idx), dim, dropout, device)?;
             self.diffusion_opt.zero_grad();
