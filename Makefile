@@ -24,6 +24,7 @@ demo: build
 
 bench: build
 	@DATA="$(DATA)" bash bench/convert_vs_pyarrow.sh
+	@bash bench/allreduce_vs_gloo.sh
 
 clean:
 	$(CARGO) clean

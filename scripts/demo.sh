@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default (file-backed object store, loopback gRPC):
-# convert NSL-KDD -> start a coordinator and a worker as separate processes -> train -> sample
-# an augmented dataset (real rows + synthetic rare-attack rows).
+# convert NSL-KDD -> start a coordinator and two workers as separate processes -> data-parallel
+# training on both (gradients all-reduced over a TCP ring) -> sampling split across both -> an
+# augmented dataset (real rows + synthetic rare-attack rows).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,12 +20,12 @@ step() { printf '\n== %s\n' "$*"; }
 step "1/4 convert NSL-KDD ($input) -> $OUT/nsl-kdd"
 "$bin" convert --preset nsl-kdd "$input" --out "$OUT/nsl-kdd"
 
-step "2/4 start a coordinator and a worker on loopback"
+step "2/4 start a coordinator and two workers on loopback"
 "$bin" coordinator --listen 127.0.0.1:0 --store "$OUT/coordinator" >"$OUT/coordinator.out" 2>"$OUT/coordinator.log" &
 coord_pid=$!
-worker_pid=""
+worker_pids=""
 cleanup() {
-  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null || true
+  for p in $worker_pids; do kill "$p" 2>/dev/null || true; done
   kill "$coord_pid" 2>/dev/null || true
   wait 2>/dev/null || true
 }
@@ -37,17 +38,19 @@ done
 [ -n "$addr" ] || { echo "demo: coordinator did not start; see $OUT/coordinator.log" >&2; exit 1; }
 export FLOWSYNTH_COORDINATOR="http://$addr"
 echo "coordinator at $FLOWSYNTH_COORDINATOR (log: $OUT/coordinator.log)"
-"$bin" worker >"$OUT/worker.log" 2>&1 &
-worker_pid=$!
-echo "worker started (log: $OUT/worker.log)"
+for w in 0 1; do
+  "$bin" worker >"$OUT/worker-$w.log" 2>&1 &
+  worker_pids="$worker_pids $!"
+done
+echo "2 workers started (logs: $OUT/worker-0.log, $OUT/worker-1.log)"
 
-step "3/4 train (config: scripts/demo.toml)"
-"$bin" submit train --data "$OUT/nsl-kdd" --checkpoints "$OUT/checkpoints" --config scripts/demo.toml --wait
+step "3/4 train on 2 workers (config: scripts/demo.toml; global batch = 2 x batch_size)"
+"$bin" submit train --workers 2 --data "$OUT/nsl-kdd" --checkpoints "$OUT/checkpoints" --config scripts/demo.toml --wait
 
 step "4/4 sample rare attacks and write the augmented dataset"
 "$bin" submit sample --checkpoint "$OUT/checkpoints" \
   --classes 'guess_passwd=1000,warezmaster=1000,imap=500,buffer_overflow=500,rootkit=500,pod=1000,land=500' \
-  --with-real --seed 7 --out "$OUT/augmented" --wait
+  --with-real --seed 7 --out "$OUT/augmented" --workers 2 --wait
 
 "$bin" status
 cat <<MSG
@@ -56,6 +59,6 @@ Everything went to $OUT:
   dataset      $OUT/nsl-kdd          (Parquet parts + dataset.json)
   checkpoints  $OUT/checkpoints      (ckpt-*/ with manifest.json; 'latest' names the newest)
   augmented    $OUT/augmented        (real + synthetic rows, column 'synthetic'; _sample.json, _SUCCESS)
-  logs         $OUT/coordinator.log, $OUT/worker.log
+  logs         $OUT/coordinator.log, $OUT/worker-0.log, $OUT/worker-1.log
 Read it with any Parquet reader, e.g. python3 -c "import pyarrow.dataset as d; print(d.dataset('$OUT/augmented').to_table().num_rows)"
 MSG

@@ -188,9 +188,79 @@ fn finish(job: &Job) -> Result<()> {
     }
 }
 
-/// Runs one job in-process: a coordinator on 127.0.0.1 (state in a temporary directory) and one
-/// worker connected to it over real gRPC, exactly as separate processes would be.
-pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
+/// Workers of an embedded run: one in this process, or N child processes (`flowsynth worker`),
+/// each with its own libtorch thread pool, as on N machines.
+enum LocalWorkers {
+    InProcess(tokio::task::JoinHandle<flowsynth_worker::Result<()>>),
+    Processes(Vec<tokio::process::Child>),
+}
+
+impl LocalWorkers {
+    fn start(n: usize, url: &str, device: &str) -> Result<Self> {
+        if n <= 1 {
+            return Ok(Self::InProcess(tokio::spawn(flowsynth_worker::run(
+                flowsynth_worker::WorkerOptions {
+                    coordinator: url.to_string(),
+                    device: device.to_string(),
+                    max_jobs: 1,
+                    ..Default::default()
+                },
+                std::future::pending(),
+            ))));
+        }
+        let exe =
+            std::env::current_exe().context("cannot find this executable to start workers")?;
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let child = tokio::process::Command::new(&exe)
+                .args(["worker", "--coordinator", url, "--device", device])
+                .args(["--max-jobs", "1"])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start a worker process ({})", exe.display()))?;
+            children.push(child);
+        }
+        Ok(Self::Processes(children))
+    }
+
+    /// Lets the workers finish reporting (they exit after their one job), then stops them.
+    async fn finish(self, clean: bool) {
+        match self {
+            Self::InProcess(mut worker) => {
+                if clean {
+                    match tokio::time::timeout(Duration::from_secs(30), &mut worker).await {
+                        Ok(Ok(Err(e))) => tracing::warn!("worker ended with: {e}"),
+                        Ok(Err(e)) => tracing::warn!("worker task failed: {e}"),
+                        _ => {}
+                    }
+                }
+                worker.abort();
+            }
+            Self::Processes(children) => {
+                for mut child in children {
+                    if clean {
+                        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                            Ok(Ok(status)) if !status.success() => {
+                                tracing::warn!("a worker process ended with {status}")
+                            }
+                            Ok(Ok(_)) => continue,
+                            _ => {}
+                        }
+                    }
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one job on this machine: a coordinator on 127.0.0.1 (state in a temporary directory)
+/// and `workers` workers connected to it over real gRPC, exactly as on a cluster.
+pub async fn run_embedded(mut spec: JobSpec, device: &str, workers: usize) -> Result<()> {
+    let workers = workers.max(1);
+    spec.min_workers = workers as u32;
+    spec.max_workers = workers as u32;
     let state = tempfile::tempdir().context("cannot create a temporary directory")?;
     let store = flowsynth_common::store::Location::parse(
         state
@@ -210,15 +280,7 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
         },
     ));
     let url = format!("http://{addr}");
-    let mut worker = tokio::spawn(flowsynth_worker::run(
-        flowsynth_worker::WorkerOptions {
-            coordinator: url.clone(),
-            device: device.to_string(),
-            max_jobs: 1,
-            ..Default::default()
-        },
-        std::future::pending(),
-    ));
+    let local = LocalWorkers::start(workers, &url, device)?;
     let outcome = async {
         let mut client = connect(&url).await?;
         let job = client
@@ -227,7 +289,7 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
         tracing::info!(
-            "job {} submitted to the embedded coordinator at {url}",
+            "job {} submitted to the embedded coordinator at {url} ({workers} worker(s))",
             job.id
         );
         tokio::select! {
@@ -239,15 +301,7 @@ pub async fn run_embedded(spec: JobSpec, device: &str) -> Result<()> {
         }
     }
     .await;
-    if outcome.is_ok() {
-        // The worker reports completion before the job shows as ended: let it return cleanly.
-        match tokio::time::timeout(Duration::from_secs(30), &mut worker).await {
-            Ok(Ok(Err(e))) => tracing::warn!("worker ended with: {e}"),
-            Ok(Err(e)) => tracing::warn!("worker task failed: {e}"),
-            _ => {}
-        }
-    }
-    worker.abort();
+    local.finish(outcome.is_ok()).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     finish(&outcome?)

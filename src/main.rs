@@ -247,6 +247,10 @@ fn absolute(spec: &str) -> String {
 struct TrainArgs {
     #[command(flatten)]
     job: TrainJobArgs,
+    /// Data-parallel workers on this machine: 1 runs in this process, N > 1 starts N worker
+    /// processes (a TCP ring between them). --batch-size is per worker.
+    #[arg(long, default_value_t = 1)]
+    local_workers: usize,
 }
 
 #[derive(Args)]
@@ -256,6 +260,9 @@ struct SampleArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Workers on this machine, each generating a disjoint slice of the rows.
+    #[arg(long, default_value_t = 1)]
+    local_workers: usize,
 }
 
 #[derive(Args)]
@@ -285,6 +292,18 @@ struct WorkerArgs {
     /// Exit after this many jobs (0 = serve until stopped).
     #[arg(long, default_value_t = 0)]
     max_jobs: usize,
+    /// Collective for multi-worker jobs that leave the choice to the worker: auto (NCCL on CUDA
+    /// devices, else TCP), tcp or nccl.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "nccl"])]
+    collective: String,
+    /// Address the TCP collective listens on (default: 127.0.0.1:0 when the coordinator is on
+    /// loopback, else 0.0.0.0:0).
+    #[arg(long, env = "FLOWSYNTH_COLLECTIVE_LISTEN", default_value = "")]
+    collective_listen: String,
+    /// Host or IP other workers dial for the TCP collective (default: this machine's address on
+    /// the route to the coordinator; in Kubernetes, the pod IP).
+    #[arg(long, env = "FLOWSYNTH_ADVERTISE_HOST", default_value = "")]
+    advertise_host: String,
 }
 
 #[derive(Subcommand)]
@@ -313,9 +332,14 @@ struct RemoteArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
-    /// Number of workers the job uses.
+    /// Number of workers the job uses (training: data-parallel ranks, each with --batch-size
+    /// rows per step; sampling: disjoint slices of the rows).
     #[arg(long, default_value_t = 1)]
     workers: u32,
+    /// Collective for multi-worker training: auto (the workers choose: NCCL on CUDA, else TCP),
+    /// tcp or nccl.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "nccl"])]
+    collective: String,
     /// Follow the job's progress until it ends (exit code says how it ended).
     #[arg(long)]
     wait: bool,
@@ -403,9 +427,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => {
             let spec = a.job.spec()?;
             let device = a.job.job_config()?.train.device;
-            client::run_embedded(spec, &device).await
+            client::run_embedded(spec, &device, a.local_workers).await
         }
-        Command::Sample(a) => client::run_embedded(a.job.spec()?, &a.device).await,
+        Command::Sample(a) => client::run_embedded(a.job.spec()?, &a.device, a.local_workers).await,
         Command::Coordinator(a) => {
             let store = Location::parse(&a.store)?;
             let listener = flowsynth_coordinator::bind(&a.listen).await?;
@@ -423,6 +447,9 @@ async fn run(cli: Cli) -> Result<()> {
                 coordinator: a.coordinator,
                 device: a.device,
                 max_jobs: a.max_jobs,
+                collective: a.collective,
+                collective_listen: a.collective_listen,
+                advertise_host: a.advertise_host,
                 ..Default::default()
             };
             flowsynth_worker::run(opts, shutdown_signal()).await?;
@@ -432,6 +459,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut spec = job.spec()?;
             spec.min_workers = remote.workers.max(1);
             spec.max_workers = remote.workers.max(1);
+            spec.collective = remote.collective;
             client::submit(&remote.coordinator, spec, remote.wait).await
         }
         Command::Submit(SubmitCommand::Sample { job, remote }) => {

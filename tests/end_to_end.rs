@@ -1,107 +1,20 @@
 //! End to end through every layer with real processes: `flowsynth convert` on a subset of the
-//! real NSL-KDD file, a coordinator and a worker as separate processes on loopback gRPC with a
-//! file-backed object store, a training job, a sampling job, and the results read back with the
-//! `parquet` crate (independently of flowsynth's own reader).
+//! real NSL-KDD file, a coordinator and two workers as separate processes on loopback gRPC with a
+//! file-backed object store, a two-worker data-parallel training job, a two-worker sampling job,
+//! and the results read back with the `parquet` crate (independently of flowsynth's own reader).
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
 use std::time::Instant;
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_flowsynth");
-
-fn data_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    assert!(
-        dir.join("nsl-kdd/KDDTrain+.txt.gz").exists(),
-        "real data not found at {} (the shared data folder must sit beside the checkout)",
-        dir.display()
-    );
-    dir
-}
-
-/// Writes the first `rows` lines of the gzipped NSL-KDD train file as a plain CSV.
-fn nsl_subset(dir: &Path, rows: usize) -> PathBuf {
-    let gz = std::fs::File::open(data_dir().join("nsl-kdd/KDDTrain+.txt.gz")).unwrap();
-    let reader = BufReader::new(flate2::read::GzDecoder::new(gz));
-    let path = dir.join("kdd_subset.csv");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for line in reader.lines().take(rows) {
-        writeln!(out, "{}", line.unwrap()).unwrap();
-    }
-    path
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("FLOWSYNTH_LOG", "warn")
-        .output()
-        .expect("cannot run flowsynth")
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "flowsynth {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A child process killed when dropped (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_coordinator(state: &Path) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
-        .arg(state)
-        .env("FLOWSYNTH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cannot start coordinator");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected coordinator output `{line}`"))
-        .to_string();
-    (Proc(child), format!("http://{addr}"))
-}
-
-fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
+use common::*;
 
 #[test]
 fn convert_train_and_sample_through_coordinator_and_worker_processes() {
@@ -134,15 +47,9 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
         .collect();
     assert!(classes.contains_key("neptune") && classes.contains_key("satan"));
 
-    // 2. coordinator + worker as processes
-    let (_coord, url) = start_coordinator(&root.join("state"));
-    let _worker = Proc(
-        Command::new(BIN)
-            .args(["worker", "--coordinator", &url, "--device", "cpu"])
-            .env("FLOWSYNTH_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    // 2. coordinator + two workers as processes
+    let (_coord, url) = start_coordinator(root.join("state").to_str().unwrap(), &[], &[]);
+    let _workers = start_workers(2, &url, &[]);
 
     // 3. train through the coordinator
     let config = root.join("job.toml");
@@ -165,6 +72,8 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
         config.to_str().unwrap(),
         "--seed",
         "3",
+        "--workers",
+        "2",
         "--wait",
     ]);
     assert!(stdout.contains("succeeded"), "{stdout}");
@@ -215,6 +124,8 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
         "11",
         "--out",
         out.to_str().unwrap(),
+        "--workers",
+        "2",
         "--wait",
     ]);
     assert!(stdout.contains("succeeded"), "{stdout}");

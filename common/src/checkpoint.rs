@@ -14,6 +14,11 @@
 //! Rename is not atomic on object stores, so a checkpoint is committed by writing its manifest,
 //! which lists every file with its sha256, with a create-only put. Readers ignore directories
 //! without a manifest, verify every file against it, and skip (with a warning) a corrupt one.
+//!
+//! `latest` is a convenience for people and scripts (readers find checkpoints by listing). It
+//! only ever moves forward: it is moved by compare-and-swap on its ETag (see [`advance_latest`]),
+//! so two writers racing (a job restarted while its old rank 0 still runs) cannot move it back
+//! to an older step.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::manifest::DatasetManifest;
-use crate::store::Location;
+use crate::store::{Location, SwapOutcome};
 
 pub const CHECKPOINT_MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
@@ -85,6 +90,16 @@ pub fn dir_name(step: u64) -> String {
     format!("{PREFIX}{step:010}")
 }
 
+/// The step of a checkpoint directory name (`ckpt-0000001234` -> 1234).
+pub fn step_of(dir_name: &str) -> Option<u64> {
+    dir_name.trim().strip_prefix(PREFIX)?.parse().ok()
+}
+
+/// How many times [`advance_latest`] re-reads the pointer after losing a race. Every lost race
+/// means another writer moved the pointer forward, so this bounds the number of concurrent
+/// writers, not the time spent.
+const LATEST_CAS_ATTEMPTS: usize = 16;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -113,8 +128,8 @@ pub async fn commit(
     files: Vec<(String, Bytes)>,
     keep: usize,
 ) -> Result<String> {
-    let name = dir_name(meta.step);
-    let dir = root.join(&name);
+    let step = meta.step;
+    let dir = root.join(&dir_name(step));
     if dir.exists(CHECKPOINT_MANIFEST).await? {
         return Err(Error::AlreadyExists {
             location: dir.display(CHECKPOINT_MANIFEST),
@@ -144,9 +159,60 @@ pub async fn commit(
             location: dir.display(CHECKPOINT_MANIFEST),
         });
     }
-    root.put(LATEST, Bytes::from(name.clone())).await?;
+    advance_latest(root, step).await?;
     prune(root, keep).await?;
     Ok(dir.url().to_string())
+}
+
+/// Moves the `latest` pointer below `root` to the checkpoint at `step`, unless it already names
+/// that step or a later one; returns the step it names afterwards.
+///
+/// Compare-and-swap: read the pointer with its ETag, then write with `PutMode::Update` (S3
+/// `If-Match`), or `PutMode::Create` (`If-None-Match: *`) when there is none; a writer that
+/// lost the race re-reads and tries again (at most [`LATEST_CAS_ATTEMPTS`] times). A pointer that
+/// does not parse is replaced. object_store's local filesystem store cannot write conditionally
+/// on a version: there the pointer is compared, then written with a plain (atomic) put, which
+/// is enough for the one writer (rank 0) a job has, but two concurrent writers on one local
+/// directory could move it back.
+pub async fn advance_latest(root: &Location, step: u64) -> Result<u64> {
+    let name = dir_name(step);
+    for _ in 0..LATEST_CAS_ATTEMPTS {
+        let Some(current) = root.get_versioned(LATEST).await? else {
+            if root
+                .put_if_absent(LATEST, Bytes::from(name.clone()))
+                .await?
+            {
+                return Ok(step);
+            }
+            continue;
+        };
+        let current_step = std::str::from_utf8(&current.bytes).ok().and_then(step_of);
+        if let Some(current_step) = current_step.filter(|&s| s >= step) {
+            return Ok(current_step);
+        }
+        match root
+            .put_if_version(LATEST, Bytes::from(name.clone()), &current.version)
+            .await?
+        {
+            SwapOutcome::Swapped => return Ok(step),
+            SwapOutcome::Conflict => continue,
+            SwapOutcome::Unsupported => {
+                root.put(LATEST, Bytes::from(name.clone())).await?;
+                return Ok(step);
+            }
+        }
+    }
+    Err(Error::store(
+        root.display(LATEST),
+        object_store::Error::Precondition {
+            path: root.path(LATEST).to_string(),
+            source: format!(
+                "gave up moving it to {name}: it changed under {LATEST_CAS_ATTEMPTS} attempts in a \
+                 row; is another job writing checkpoints to {root}?"
+            )
+            .into(),
+        },
+    ))
 }
 
 /// Names of committed checkpoint directories below `root`, oldest first.
@@ -226,12 +292,16 @@ pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
 /// Resolves a user-given checkpoint URL: a checkpoint directory itself, or a checkpoints prefix
 /// (then its newest committed checkpoint that verifies; corrupt ones are skipped with a warning).
 pub async fn resolve(url: &str) -> Result<LoadedCheckpoint> {
-    let loc = Location::parse(url)?;
+    resolve_at(&Location::parse(url)?).await
+}
+
+/// [`resolve`] for a location already opened (for instance with explicit store options).
+pub async fn resolve_at(loc: &Location) -> Result<LoadedCheckpoint> {
     if loc.exists(CHECKPOINT_MANIFEST).await? {
-        return load_dir(&loc).await;
+        return load_dir(loc).await;
     }
-    latest(&loc).await?.ok_or_else(|| Error::InvalidCheckpoint {
-        location: url.to_string(),
+    latest(loc).await?.ok_or_else(|| Error::InvalidCheckpoint {
+        location: loc.url().to_string(),
         reason: "no committed checkpoint here; train first (`flowsynth train`)".into(),
     })
 }

@@ -43,6 +43,15 @@ pub struct TrainConfig {
     pub max_rows: u64,
     /// Share of the rows held out to measure VAE validation loss (drives the beta schedule).
     pub validation_fraction: f64,
+    /// Data-parallel training: gradients are summed across workers in buckets of at most this
+    /// many MiB (one collective call each; PyTorch DDP's default is 25).
+    pub bucket_mb: f64,
+    /// Data-parallel training: compare a checksum of all parameters across workers every this
+    /// many steps (and at every epoch end); 0 = only at start and epoch ends.
+    pub checksum_every: u64,
+    /// Data-parallel training: seconds a worker waits for its peers in one collective before the
+    /// job fails (a peer may be busy writing a checkpoint meanwhile).
+    pub collective_timeout_s: u64,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +67,9 @@ impl Default for TrainConfig {
             threads: 0,
             max_rows: 0,
             validation_fraction: 0.05,
+            bucket_mb: 25.0,
+            checksum_every: 100,
+            collective_timeout_s: 600,
         }
     }
 }
@@ -65,6 +77,19 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn diffusion_epochs(&self) -> usize {
         self.diffusion_epochs.unwrap_or(2 * self.epochs)
+    }
+
+    /// How a dataset of `total_rows` rows splits: `(used, held_out)`, where `used` honours
+    /// `max_rows` and `held_out` (validation) is `validation_fraction` of it, always leaving at
+    /// least one training row. The workers pick which rows; everyone agrees on how many.
+    pub fn split_sizes(&self, total_rows: u64) -> (u64, u64) {
+        let used = if self.max_rows > 0 {
+            total_rows.min(self.max_rows)
+        } else {
+            total_rows
+        };
+        let held_out = ((used as f64) * self.validation_fraction).round() as u64;
+        (used, held_out.min(used.saturating_sub(1)))
     }
 }
 
@@ -166,6 +191,12 @@ impl JobConfig {
         }
         if t.keep_checkpoints == 0 {
             return Err("train.keep_checkpoints must be at least 1".into());
+        }
+        if !(t.bucket_mb.is_finite() && t.bucket_mb > 0.0) {
+            return Err("train.bucket_mb must be a positive number".into());
+        }
+        if t.collective_timeout_s == 0 {
+            return Err("train.collective_timeout_s must be at least 1".into());
         }
         if !(0.0..0.5).contains(&t.validation_fraction) {
             return Err("train.validation_fraction must be in [0, 0.5)".into());

@@ -2,20 +2,24 @@
 //!
 //! A location is given by the user as a URL (`s3://bucket/prefix`, `gs://...`, `az://...`,
 //! `file:///abs/dir`) or as a plain local path (`out/nsl`, `/data/x`). Local paths use the
-//! file-backed store, the embedded default. S3 credentials and endpoint come from the usual AWS
-//! environment variables (`AWS_ENDPOINT_URL` / `AWS_ENDPOINT`, `AWS_ALLOW_HTTP=true` for a local
-//! server).
+//! file-backed store, the embedded default. Credentials and endpoints come from
+//! [`StoreOptions`]: by default the usual environment variables (for S3 `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT` and
+//! `AWS_ALLOW_HTTP=true` for a local server such as moto or MinIO).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+    WriteMultipart,
 };
 use url::Url;
 
@@ -23,6 +27,114 @@ use crate::error::{Error, Result};
 
 /// Objects larger than this are uploaded with multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+
+/// Size of the parts of a multipart upload (S3 wants at least 5 MiB for all but the last).
+const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Region used for S3 when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is given.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// Settings for opening remote locations, as `NAME = value` pairs named like the environment
+/// variables they stand for: `AWS_*` for S3 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...), `GOOGLE_*` for GCS, `AZURE_*`
+/// for Azure. Names object_store does not know are ignored.
+///
+/// [`Location::parse`] reads them from the process environment ([`StoreOptions::from_env`]); a
+/// program that talks to several stores, or a test that must not change its process's
+/// environment (tests run in parallel threads), builds its own and calls
+/// [`Location::parse_with`]. The values are never printed (`Debug` shows the names only).
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    vars: BTreeMap<String, String>,
+}
+
+impl StoreOptions {
+    /// The `AWS_*`, `GOOGLE_*` and `AZURE_*` variables of the process environment.
+    pub fn from_env() -> Self {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| Self::is_store_var(k))
+            .collect()
+    }
+
+    /// Adds (or replaces) one setting.
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// The value of one setting.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    fn is_store_var(name: &str) -> bool {
+        ["AWS_", "GOOGLE_", "AZURE_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    }
+
+    fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.vars
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// An S3 client for `bucket`. Names sort, so `AWS_ENDPOINT_URL` (the AWS CLI's name) wins
+    /// over `AWS_ENDPOINT` (object_store's) and `AWS_REGION` over `AWS_DEFAULT_REGION`.
+    fn s3_builder(&self, bucket: &str) -> AmazonS3Builder {
+        let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
+        for (name, value) in self.with_prefix("AWS_") {
+            if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        if self.get("AWS_REGION").is_none() && self.get("AWS_DEFAULT_REGION").is_none() {
+            builder = builder.with_region(DEFAULT_S3_REGION);
+        }
+        builder
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for StoreOptions {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("names", &self.vars.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// An object's content together with the version it was read at, for compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Bytes,
+    /// ETag (and version id, where the store has versioning) of what was read.
+    pub version: UpdateVersion,
+}
+
+/// What [`Location::put_if_version`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// The object still had the expected version and now holds the new bytes.
+    Swapped,
+    /// The object changed (or vanished) since it was read; nothing was written.
+    Conflict,
+    /// The store cannot write conditionally on a version (object_store's local filesystem
+    /// store); nothing was written.
+    Unsupported,
+}
 
 /// A prefix inside an object store.
 #[derive(Clone)]
@@ -55,8 +167,15 @@ fn has_scheme(s: &str) -> bool {
 }
 
 impl Location {
-    /// Opens a location from a URL or local path. Local directories are created if missing.
+    /// Opens a location from a URL or local path, with credentials and endpoints from the
+    /// process environment. Local directories are created if missing.
     pub fn parse(spec: &str) -> Result<Self> {
+        Self::parse_with(spec, &StoreOptions::from_env())
+    }
+
+    /// Opens a location from a URL or local path with explicit store settings; the process
+    /// environment is not read. Local directories are created if missing.
+    pub fn parse_with(spec: &str, options: &StoreOptions) -> Result<Self> {
         let spec = spec.trim();
         if spec.is_empty() {
             return Err(Error::InvalidUrl {
@@ -67,64 +186,45 @@ impl Location {
         if !has_scheme(spec) {
             return Self::local(FsPath::new(spec));
         }
-        let url = Url::parse(spec).map_err(|e| Error::InvalidUrl {
+        let invalid = |reason: String| Error::InvalidUrl {
             url: spec.into(),
-            reason: e.to_string(),
-        })?;
-        match url.scheme() {
+            reason,
+        };
+        let url = Url::parse(spec).map_err(|e| invalid(e.to_string()))?;
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
             "file" => {
-                let path = url.to_file_path().map_err(|_| Error::InvalidUrl {
-                    url: spec.into(),
-                    reason: "file:// URLs must hold an absolute path".into(),
-                })?;
-                Self::local(&path)
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| invalid("file:// URLs must hold an absolute path".into()))?;
+                return Self::local(&path);
             }
             "s3" | "s3a" => {
-                let bucket = url.host_str().ok_or_else(|| Error::InvalidUrl {
-                    url: spec.into(),
-                    reason: "missing bucket name".into(),
-                })?;
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                // `AWS_ENDPOINT_URL` is the name the AWS CLI and SDKs use; object_store reads
-                // `AWS_ENDPOINT`. Accept both.
-                if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                if std::env::var("AWS_DEFAULT_REGION").is_err()
-                    && std::env::var("AWS_REGION").is_err()
-                {
-                    builder = builder.with_region("us-east-1");
-                } else if let Ok(region) = std::env::var("AWS_REGION") {
-                    builder = builder.with_region(region);
-                }
-                let store = builder.build().map_err(|e| Error::InvalidUrl {
-                    url: spec.into(),
-                    reason: e.to_string(),
-                })?;
-                Ok(Self {
-                    store: Arc::new(store),
-                    prefix: Path::from(url.path().trim_matches('/')),
-                    url: spec.trim_end_matches('/').to_string(),
-                })
+                let bucket = url
+                    .host_str()
+                    .ok_or_else(|| invalid("missing bucket name".into()))?;
+                let store = options
+                    .s3_builder(bucket)
+                    .build()
+                    .map_err(|e| invalid(e.to_string()))?;
+                let prefix = Path::from_url_path(url.path().trim_matches('/'))
+                    .map_err(|e| invalid(e.to_string()))?;
+                (Arc::new(store), prefix)
             }
             _ => {
-                let env: Vec<(String, String)> = std::env::vars()
-                    .filter(|(k, _)| k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
+                let opts = options
+                    .with_prefix("GOOGLE_")
+                    .chain(options.with_prefix("AZURE_"))
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()));
                 let (store, prefix) =
-                    object_store::parse_url_opts(&url, env).map_err(|e| Error::InvalidUrl {
-                        url: spec.into(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(Self {
-                    store: Arc::from(store),
-                    prefix,
-                    url: spec.trim_end_matches('/').to_string(),
-                })
+                    object_store::parse_url_opts(&url, opts).map_err(|e| invalid(e.to_string()))?;
+                (Arc::from(store), prefix)
             }
-        }
+        };
+        Ok(Self {
+            store,
+            prefix,
+            url: spec.trim_end_matches('/').to_string(),
+        })
     }
 
     fn local(path: &FsPath) -> Result<Self> {
@@ -228,7 +328,8 @@ impl Location {
                 .put_multipart(&path)
                 .await
                 .map_err(|e| Error::store(self.display(rel), e))?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+            // `finish` aborts the upload (deleting the parts sent) when a part fails.
+            let mut w = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
             w.write(&bytes);
             w.finish()
                 .await
@@ -260,6 +361,51 @@ impl Location {
         }
     }
 
+    /// Reads a whole object with its version (ETag), or `None` if it does not exist: the read
+    /// half of a compare-and-swap with [`Location::put_if_version`].
+    pub async fn get_versioned(&self, rel: &str) -> Result<Option<Versioned>> {
+        let r = match self.store.get(&self.path(rel)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(self.display(rel), e)),
+        };
+        let version = UpdateVersion {
+            e_tag: r.meta.e_tag.clone(),
+            version: r.meta.version.clone(),
+        };
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| Error::store(self.display(rel), e))?;
+        Ok(Some(Versioned { bytes, version }))
+    }
+
+    /// Overwrites an object only if it still has `version` (S3: `If-Match` on the ETag; GCS
+    /// and Azure: their generation / ETag preconditions), the write half of a
+    /// compare-and-swap. Stores that cannot do this report [`SwapOutcome::Unsupported`] and
+    /// write nothing: the caller decides whether a plain [`Location::put`] is good enough.
+    pub async fn put_if_version(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        version: &UpdateVersion,
+    ) -> Result<SwapOutcome> {
+        let opts = PutOptions {
+            mode: PutMode::Update(version.clone()),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(rel), PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(SwapOutcome::Swapped),
+            Err(object_store::Error::Precondition { .. }) => Ok(SwapOutcome::Conflict),
+            Err(object_store::Error::NotImplemented { .. }) => Ok(SwapOutcome::Unsupported),
+            Err(e) => Err(Error::store(self.display(rel), e)),
+        }
+    }
+
     /// Lists every object below `rel` (recursively).
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);
@@ -275,14 +421,21 @@ impl Location {
         let full = path.as_ref();
         let pre = self.prefix.as_ref();
         if pre.is_empty() {
-            full.to_string()
-        } else {
-            full.strip_prefix(pre)
-                .map(|s| s.trim_start_matches('/').to_string())
-                .unwrap_or_else(|| full.to_string())
+            return full.to_string();
+        }
+        match full.strip_prefix(pre) {
+            Some("") => String::new(),
+            Some(rest) if rest.starts_with('/') => rest[1..].to_string(),
+            _ => full.to_string(),
         }
     }
 
+    /// The user-facing URL of an object path of this store (for messages).
+    fn url_of(&self, path: &Path) -> String {
+        self.display(&self.relative(path))
+    }
+
+    /// Deletes one object; a missing object is not an error.
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self.store.delete(&self.path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -290,12 +443,12 @@ impl Location {
         }
     }
 
-    /// Deletes every object below `rel`.
+    /// Deletes every object below `rel` (recursively); nothing there is not an error.
     pub async fn delete_all(&self, rel: &str) -> Result<()> {
         for meta in self.list(rel).await? {
             match self.store.delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::store(meta.location, e)),
+                Err(e) => return Err(Error::store(self.url_of(&meta.location), e)),
             }
         }
         Ok(())
@@ -366,6 +519,38 @@ mod tests {
         let b = Location::parse(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(a.url(), b.url());
         assert!(a.local_dir().is_some());
+    }
+
+    #[test]
+    fn s3_settings_prefer_the_aws_cli_names_and_default_the_region() {
+        let value = |options: &StoreOptions, key: AmazonS3ConfigKey| {
+            options.s3_builder("b").get_config_value(&key)
+        };
+        let both = StoreOptions::default()
+            .with("AWS_ENDPOINT", "http://object-store-name:1")
+            .with("AWS_ENDPOINT_URL", "http://aws-cli-name:2");
+        assert_eq!(
+            value(&both, AmazonS3ConfigKey::Endpoint).as_deref(),
+            Some("http://aws-cli-name:2")
+        );
+        assert_eq!(
+            value(&both, AmazonS3ConfigKey::Region).as_deref(),
+            Some(DEFAULT_S3_REGION)
+        );
+        let default_only = StoreOptions::default().with("AWS_DEFAULT_REGION", "eu-west-1");
+        assert_eq!(
+            value(&default_only, AmazonS3ConfigKey::Region).as_deref(),
+            Some("eu-west-1")
+        );
+        let regions = default_only.with("AWS_REGION", "ap-south-1");
+        assert_eq!(
+            value(&regions, AmazonS3ConfigKey::Region).as_deref(),
+            Some("ap-south-1")
+        );
+        assert_eq!(
+            value(&regions, AmazonS3ConfigKey::Bucket).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]

@@ -67,11 +67,12 @@ pub fn shard(groups: &[RowGroup], world: usize) -> Vec<(Vec<Shard>, u64)> {
     out
 }
 
-/// Steps per epoch that every rank runs (lockstep): the largest shard decides, smaller shards
-/// wrap around, so no rank idles while others still hold gradients to reduce.
-pub fn steps_per_epoch(rank_rows: &[u64], batch_size: u64) -> u64 {
-    let max = rank_rows.iter().copied().max().unwrap_or(0);
-    max.div_ceil(batch_size.max(1)).max(1)
+/// Steps per epoch that every rank runs (lockstep): one step per global batch of
+/// `world x batch_size` rows of the dataset-wide training set. Each rank takes the rows of a
+/// global batch that its shard holds (possibly none), so shard sizes do not change the count.
+pub fn steps_per_epoch(train_rows: u64, world: usize, batch_size: u64) -> u64 {
+    let global = batch_size.max(1) * world.max(1) as u64;
+    train_rows.div_ceil(global).max(1)
 }
 
 /// A 64-bit mix (splitmix64 finaliser) used to derive independent seeds.
@@ -178,9 +179,10 @@ mod tests {
 
     #[test]
     fn lockstep_steps_follow_the_largest_shard() {
-        assert_eq!(steps_per_epoch(&[1000, 999], 100), 10);
-        assert_eq!(steps_per_epoch(&[1001, 10], 100), 11);
-        assert_eq!(steps_per_epoch(&[], 100), 1);
+        assert_eq!(steps_per_epoch(1999, 2, 100), 10);
+        assert_eq!(steps_per_epoch(2001, 2, 100), 11);
+        assert_eq!(steps_per_epoch(1000, 1, 100), 10);
+        assert_eq!(steps_per_epoch(0, 2, 100), 1);
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl Default for CoordinatorConfig {
 enum WorkPlan {
     Train {
         groups: Vec<plan::RowGroup>,
+        /// Rows in the dataset-wide training set (after the held-out split and `max_rows`).
+        train_rows: u64,
         batch_size: u64,
     },
     Sample {
@@ -81,6 +83,10 @@ struct WorkerEntry {
     hostname: String,
     last_seen: Instant,
     job: Option<String>,
+    /// Whether the worker has asked for work since its last job. A worker that died during a
+    /// job still heartbeats-as-alive until its timeout; waiting for it to ask again keeps the
+    /// next job from being given to a dead worker in that window.
+    ready: bool,
     /// Registration order, used to give ranks deterministically.
     seq: u64,
 }
@@ -282,7 +288,7 @@ impl Coordinator {
             let mut idle: Vec<(u64, String)> = inner
                 .workers
                 .iter()
-                .filter(|(_, w)| w.job.is_none())
+                .filter(|(_, w)| w.job.is_none() && w.ready)
                 .map(|(id, w)| (w.seq, id.clone()))
                 .collect();
             if idle.len() < min {
@@ -299,10 +305,13 @@ impl Coordinator {
             let generation = entry.job.generation;
             // Per rank: its shards and the lockstep step count (training), its chunks (sampling).
             let per_rank: Vec<(Vec<Shard>, u64, Vec<SampleChunk>)> = match &work {
-                WorkPlan::Train { groups, batch_size } => {
+                WorkPlan::Train {
+                    groups,
+                    train_rows,
+                    batch_size,
+                } => {
                     let shards = plan::shard(groups, world);
-                    let rows: Vec<u64> = shards.iter().map(|(_, r)| *r).collect();
-                    let steps = plan::steps_per_epoch(&rows, *batch_size);
+                    let steps = plan::steps_per_epoch(*train_rows, world, *batch_size);
                     shards
                         .into_iter()
                         .map(|(s, _)| (s, steps, vec![]))
@@ -341,6 +350,7 @@ impl Coordinator {
             for (_, w) in &idle {
                 if let Some(worker) = inner.workers.get_mut(w) {
                     worker.job = Some(job_id.clone());
+                    worker.ready = false;
                 }
             }
             tracing::info!("job {job_id} starts on {world} worker(s)");
@@ -452,8 +462,10 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             Location::parse(&t.checkpoints_url)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let (used, held_out) = cfg.train.split_sizes(manifest.total_rows);
             Ok(WorkPlan::Train {
                 groups: plan::row_groups(&manifest),
+                train_rows: used - held_out,
                 batch_size: cfg.train.batch_size as u64,
             })
         }
@@ -684,6 +696,7 @@ impl WorkerService for Coordinator {
                 hostname: r.hostname.clone(),
                 last_seen: Instant::now(),
                 job: None,
+                ready: false,
                 seq,
             },
         );
@@ -741,6 +754,7 @@ impl WorkerService for Coordinator {
                 };
                 w.last_seen = Instant::now();
                 if w.job.is_none() {
+                    w.ready = true;
                     self.schedule(inner);
                 }
                 let job = inner.workers.get(&r.worker_id)?.job.clone()?;

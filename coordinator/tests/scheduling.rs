@@ -111,16 +111,21 @@ fn train_spec(data: &str, workers: u32) -> JobSpec {
     }
 }
 
+/// Registers a worker and, as a real worker does right away, asks for work once (only a worker
+/// that has asked is given a job).
 async fn register(c: &Coordinator) -> String {
-    c.register(Request::new(RegisterRequest {
-        hostname: "test".into(),
-        device: "cpu".into(),
-        collective_address: String::new(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .worker_id
+    let id = c
+        .register(Request::new(RegisterRequest {
+            hostname: "test".into(),
+            device: "cpu".into(),
+            collective_address: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let _ = assignment(c, &id).await;
+    id
 }
 
 async fn assignment(c: &Coordinator, worker: &str) -> Option<Assignment> {
@@ -189,7 +194,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     assert_eq!(rows.iter().sum::<u64>(), 400);
     assert_eq!(
         a0.steps_per_epoch, 4,
-        "lockstep follows the larger shard (200 rows / 50)"
+        "lockstep: 380 training rows (400 less 5% held out) in global batches of 2 x 50"
     );
     let mut groups: Vec<(String, u32)> = [&a0, &a1]
         .iter()
@@ -301,6 +306,15 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
         .unwrap()
         .into_inner();
     assert!(ack.stop);
+
+    // The next job goes only to a worker that asks for work again: rank 0 (first registered)
+    // may have died with the job and not be reaped yet, so the asking rank 1 gets it.
+    let next = submit(c, train_spec(&f.data, 1)).await;
+    let a = assignment(c, &w1)
+        .await
+        .expect("the asking worker gets the job");
+    assert_eq!(a.job_id, next.id);
+    assert_eq!(job(c, &next.id).await.workers, vec![w1.clone()]);
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@ pub enum Error {
     Model(#[from] crate::model::ModelError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Collective(#[from] flowsynth_collective::Error),
     #[error("cannot reach the coordinator at {url}: {message}")]
     Connect { url: String, message: String },
     #[error("coordinator call `{call}` failed: {status}")]

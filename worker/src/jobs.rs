@@ -16,16 +16,34 @@ use flowsynth_common::manifest::DatasetManifest;
 use flowsynth_common::store::{Location, block_on};
 use flowsynth_common::table::{self, Layout, Table};
 use flowsynth_proto::{Assignment, Progress, SampleSpec, TrainSpec};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use tch::{Device, Tensor};
 use tokio::sync::watch;
 
+use crate::ddp::DataParallel;
 use crate::error::{Error, Result};
-use crate::model::{FlowModel, Stage, TrainState, Trainer};
+use crate::model::rng::{derive, permutation, tag};
+use crate::model::{FlowModel, Partition, Stage, TrainState, Trainer};
+use flowsynth_collective::{
+    Collective, Membership, Nccl, NcclUniqueId, TcpConfig, TcpListenerHandle, TcpRing,
+};
 
 /// Rows per row group in sampled output.
 const OUTPUT_ROW_GROUP_ROWS: usize = 65_536;
+
+/// How a training rank reaches its peers, as settled by the rendezvous.
+#[derive(Clone, Default)]
+pub enum Peers {
+    /// World size 1: nothing to reach.
+    #[default]
+    Alone,
+    /// TCP ring: this worker's listener and every rank's collective address (by rank).
+    Tcp {
+        listener: Arc<TcpListenerHandle>,
+        addresses: Vec<String>,
+    },
+    /// NCCL: the communicator's unique id (created by rank 0).
+    Nccl { unique_id: Vec<u8> },
+}
 
 /// Shared between a running job and the worker loop.
 #[derive(Clone)]
@@ -35,6 +53,8 @@ pub struct JobContext {
     /// Device preference of this worker (`auto`, `cpu`, `cuda`, `cuda:N`); a job config's
     /// explicit device wins.
     pub device: String,
+    /// Training: how to reach the other ranks.
+    pub peers: Peers,
 }
 
 impl JobContext {
@@ -95,14 +115,32 @@ fn stage_name(stage: Stage) -> &'static str {
 }
 
 /// Reads the row groups assigned to this rank, verifying each part against the manifest.
-fn read_shards(data: &Location, manifest: &DatasetManifest, a: &Assignment) -> Result<Table> {
+/// Returns the rows and each row's dataset-wide id (its index in the dataset: parts in manifest
+/// order, row groups in file order), which keys its noise and its role in the global split.
+fn read_shards(
+    data: &Location,
+    manifest: &DatasetManifest,
+    a: &Assignment,
+) -> Result<(Table, Vec<u64>)> {
     let layout = Layout::new(manifest)?;
     let mut table = Table::empty(&layout);
+    let mut ids = Vec::new();
+    let mut next = 0u64;
+    let offsets: Vec<u64> = manifest
+        .parts
+        .iter()
+        .map(|p| {
+            let o = next;
+            next += p.rows;
+            o
+        })
+        .collect();
     for shard in &a.shards {
-        let part = manifest
+        let (index, part) = manifest
             .parts
             .iter()
-            .find(|p| p.path == shard.part_path)
+            .enumerate()
+            .find(|(_, p)| p.path == shard.part_path)
             .ok_or_else(|| Error::Assignment {
                 reason: format!("part `{}` is not in the dataset manifest", shard.part_path),
             })?;
@@ -115,7 +153,22 @@ fn read_shards(data: &Location, manifest: &DatasetManifest, a: &Assignment) -> R
             }
             .into());
         }
-        let groups = shard.row_groups.iter().map(|&g| g as usize).collect();
+        let mut groups: Vec<usize> = shard.row_groups.iter().map(|&g| g as usize).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for &g in &groups {
+            let Some(&rows) = part.row_groups.get(g) else {
+                return Err(Error::Assignment {
+                    reason: format!(
+                        "row group {g} of `{}` does not exist ({} row groups)",
+                        part.path,
+                        part.row_groups.len()
+                    ),
+                });
+            };
+            let start = offsets[index] + part.row_groups[..g].iter().sum::<u64>();
+            ids.extend(start..start + rows);
+        }
         let t = table::read_parquet(
             bytes,
             manifest,
@@ -125,25 +178,141 @@ fn read_shards(data: &Location, manifest: &DatasetManifest, a: &Assignment) -> R
         )?;
         table.append(&t);
     }
-    Ok(table)
+    if ids.len() != table.rows() {
+        return Err(Error::Assignment {
+            reason: format!(
+                "the assigned row groups should hold {} rows but {} were read",
+                ids.len(),
+                table.rows()
+            ),
+        });
+    }
+    Ok((table, ids))
 }
 
-/// Splits rows into (train, validation) with a seeded shuffle, after an optional cap.
-fn split_rows(table: &Table, cfg: &JobConfig, world: usize) -> (Table, Table) {
-    let mut idx: Vec<usize> = (0..table.rows()).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed ^ 0x5EED_DA7A);
-    idx.shuffle(&mut rng);
-    if cfg.train.max_rows > 0 {
-        let cap = (cfg.train.max_rows as usize).div_ceil(world.max(1));
-        idx.truncate(cap);
+/// The dataset-wide split, the same on every rank whatever the sharding: a seeded permutation of
+/// all row ids; its first `max_rows` (all when 0) are used, and the first `validation_fraction`
+/// of those are held out. Training rows are numbered in id order (their global positions).
+struct GlobalSplit {
+    /// Per dataset row: its training position, [`HELD_OUT`] or [`UNUSED`].
+    role: Vec<u32>,
+    train_rows: usize,
+}
+
+const HELD_OUT: u32 = u32::MAX - 1;
+const UNUSED: u32 = u32::MAX;
+
+/// This rank's part of the split.
+struct LocalRows {
+    train: Table,
+    train_ids: Vec<u64>,
+    positions: Vec<usize>,
+    val: Table,
+}
+
+impl GlobalSplit {
+    fn new(total_rows: u64, cfg: &JobConfig) -> Result<Self> {
+        if total_rows >= u64::from(HELD_OUT) {
+            return Err(Error::Assignment {
+                reason: format!(
+                    "{total_rows} rows exceed what one training job supports (2^32 - 2)"
+                ),
+            });
+        }
+        let total = total_rows as usize;
+        let perm = permutation(derive(cfg.train.seed, &[tag::SPLIT]), total);
+        let (kept, n_val) = cfg.train.split_sizes(total_rows);
+        let (kept, n_val) = (kept as usize, n_val as usize);
+        let mut role = vec![UNUSED; total];
+        for &id in &perm[..n_val] {
+            role[id] = HELD_OUT;
+        }
+        for &id in &perm[n_val..kept] {
+            role[id] = 0;
+        }
+        let mut train_rows = 0usize;
+        for r in role.iter_mut().filter(|r| **r == 0) {
+            *r = train_rows as u32;
+            train_rows += 1;
+        }
+        Ok(Self { role, train_rows })
     }
-    let n_val = ((idx.len() as f64) * cfg.train.validation_fraction).round() as usize;
-    let n_val = n_val.min(idx.len().saturating_sub(1));
-    let (val, train) = idx.split_at(n_val);
-    let mut train = train.to_vec();
-    // Keep the training rows in dataset order: the trainer shuffles per epoch itself.
-    train.sort_unstable();
-    (table.select(&train), table.select(val))
+
+    fn local(&self, table: &Table, ids: &[u64]) -> Result<LocalRows> {
+        let (mut train, mut train_ids, mut positions, mut val) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, &id) in ids.iter().enumerate() {
+            match self.role.get(id as usize).copied() {
+                Some(UNUSED) => {}
+                Some(HELD_OUT) => val.push(i),
+                Some(pos) => {
+                    train.push(i);
+                    train_ids.push(id);
+                    positions.push(pos as usize);
+                }
+                None => {
+                    return Err(Error::Assignment {
+                        reason: format!(
+                            "row id {id} is outside the dataset's {} rows",
+                            self.role.len()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(LocalRows {
+            train: table.select(&train),
+            train_ids,
+            positions,
+            val: table.select(&val),
+        })
+    }
+}
+
+/// Connects this rank to its peers with the collective the rendezvous chose; `None` alone.
+fn open_collective(
+    a: &Assignment,
+    ctx: &JobContext,
+    device: Device,
+    cfg: &JobConfig,
+) -> Result<Option<Box<dyn Collective>>> {
+    let membership = Membership {
+        job_id: a.job_id.clone(),
+        auth_token: a.auth_token.clone(),
+        generation: a.generation,
+        rank: a.rank as usize,
+        world_size: a.world_size as usize,
+    };
+    match &ctx.peers {
+        Peers::Alone if a.world_size <= 1 => Ok(None),
+        Peers::Alone => Err(Error::Assignment {
+            reason: format!(
+                "world size {} but the rendezvous gave no peers",
+                a.world_size
+            ),
+        }),
+        Peers::Tcp {
+            listener,
+            addresses,
+        } => {
+            let config = TcpConfig {
+                io_timeout: std::time::Duration::from_secs(cfg.train.collective_timeout_s),
+                ..TcpConfig::default()
+            };
+            let ring = TcpRing::connect(listener, membership, addresses, config, ctx.stop.clone())?;
+            Ok(Some(Box::new(ring)))
+        }
+        Peers::Nccl { unique_id } => {
+            let Device::Cuda(ordinal) = device else {
+                return Err(Error::Device {
+                    device: format!("{device:?}"),
+                    reason: "the job uses NCCL, which needs a CUDA device".into(),
+                });
+            };
+            let nccl = Nccl::new(membership, &NcclUniqueId(unique_id.clone()), ordinal)?;
+            Ok(Some(Box::new(nccl)))
+        }
+    }
 }
 
 fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Bytes> {
@@ -231,24 +400,21 @@ fn restore(trainer: &mut Trainer, ck: &LoadedCheckpoint) -> Result<()> {
     Ok(())
 }
 
-/// Runs a training assignment to completion; returns the final checkpoint's URL.
-pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOutcome> {
-    let cfg = JobConfig::from_toml(&spec.config_toml, "job config")?;
-    let device = pick_device(if cfg.train.device == "auto" {
-        &ctx.device
+/// The device a training job runs on: the job config's explicit device, else the worker's.
+pub fn train_device(cfg: &JobConfig, worker_device: &str) -> Result<Device> {
+    pick_device(if cfg.train.device == "auto" {
+        worker_device
     } else {
         &cfg.train.device
-    })?;
+    })
+}
+
+/// Runs a training assignment to completion; returns the final checkpoint's URL (rank 0).
+pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOutcome> {
+    let cfg = JobConfig::from_toml(&spec.config_toml, "job config")?;
+    let device = train_device(&cfg, &ctx.device)?;
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
-    }
-    if a.world_size != 1 {
-        return Err(Error::Assignment {
-            reason: format!(
-                "this worker runs single-rank training only (world size {} requested)",
-                a.world_size
-            ),
-        });
     }
     ctx.progress.send_replace(Progress {
         stage: "loading".into(),
@@ -256,16 +422,26 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     });
     let data = Location::parse(&spec.data_url)?;
     let manifest = block_on(dataset::load_manifest(&data))?;
-    let rows = read_shards(&data, &manifest, a)?;
-    let (train_rows, val_rows) = split_rows(&rows, &cfg, a.world_size as usize);
+    let (rows, ids) = read_shards(&data, &manifest, a)?;
+    let split = GlobalSplit::new(manifest.total_rows, &cfg)?;
+    let local = split.local(&rows, &ids)?;
+    drop(rows);
+    let world = a.world_size.max(1) as usize;
     tracing::info!(
-        "rank {} training on {} rows ({} held out) on {device:?}",
+        "rank {}/{world} training on {} of {} rows ({} held out here) on {device:?}",
         a.rank,
-        train_rows.rows(),
-        val_rows.rows()
+        local.train.rows(),
+        split.train_rows,
+        local.val.rows()
     );
     let root = Location::parse(&spec.checkpoints_url)?;
     let mut trainer = Trainer::new(&manifest, &cfg.train, &cfg.model, device)?;
+    trainer.set_row_ids(Some(local.train_ids.clone()));
+    trainer.set_partition(Some(Partition {
+        world,
+        global_rows: split.train_rows,
+        positions: local.positions.clone(),
+    }));
     if let Some(ck) = block_on(checkpoint::latest(&root))? {
         if ck.manifest.meta.dataset_content_hash != manifest.content_hash {
             return Err(Error::Checkpoint {
@@ -285,14 +461,66 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         );
         if trainer.state().stage == Stage::Done {
             return Ok(JobOutcome {
-                result_url: ck.url,
+                result_url: if a.rank == 0 { ck.url } else { String::new() },
                 ..Default::default()
             });
         }
     }
 
+    let collective = open_collective(a, ctx, device, &cfg)?;
     let batch = cfg.train.batch_size.max(1);
-    let steps_per_epoch = train_rows.rows().div_ceil(batch) as u64;
+    let steps_per_epoch = split.train_rows.div_ceil(batch * world) as u64;
+    // The running epoch (stage, number, of, start), for the per-step progress.
+    let epoch_info = Arc::new(std::sync::Mutex::new((
+        String::new(),
+        0u32,
+        0u32,
+        Instant::now(),
+    )));
+    let on_step = {
+        let progress = ctx.progress.clone();
+        let stop = ctx.stop.clone();
+        let info = epoch_info.clone();
+        let mut step = 0u64;
+        move || -> crate::model::Result<()> {
+            if stop.load(Ordering::Relaxed) {
+                return Err(crate::model::ModelError::Interrupted);
+            }
+            step += 1;
+            if let Ok(info) = info.lock() {
+                let (stage, epoch, epochs, started) = &*info;
+                let in_epoch = (step - 1) % steps_per_epoch.max(1) + 1;
+                progress.send_modify(|p| {
+                    p.stage = stage.clone();
+                    p.epoch = *epoch;
+                    p.epochs = *epochs;
+                    p.step = in_epoch;
+                    p.steps_per_epoch = steps_per_epoch;
+                    p.rows_per_second = (in_epoch as f64 * (batch * world) as f64)
+                        / started.elapsed().as_secs_f64().max(1e-9);
+                });
+            }
+            Ok(())
+        }
+    };
+    let mut replicas = DataParallel::new(
+        collective,
+        (cfg.train.bucket_mb * 1024.0 * 1024.0) as usize,
+        cfg.train.checksum_every,
+        on_step,
+    );
+    let stopped = |e: crate::model::ModelError| -> Error {
+        if ctx.stop.load(Ordering::Relaxed) || matches!(e, crate::model::ModelError::Interrupted) {
+            Error::Stopped
+        } else {
+            e.into()
+        }
+    };
+    // Seeded initialisation (or the same checkpoint) must give every rank the same state.
+    replicas
+        .verify_replicas(&trainer.model().named_tensors(), "at start")
+        .map_err(stopped)?;
+
     let mut last_url = String::new();
     while trainer.state().stage != Stage::Done {
         let stage = trainer.state().stage;
@@ -301,31 +529,17 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             _ => cfg.train.diffusion_epochs(),
         } as u32;
         let epoch = trainer.state().epoch_in_stage as u32 + 1;
-        let started = Instant::now();
-        let mut step = 0u64;
-        let progress = ctx.progress.clone();
-        let stop = ctx.stop.clone();
-        let mut hook = |_grads: &[Tensor]| -> crate::model::Result<()> {
-            step += 1;
-            if stop.load(Ordering::Relaxed) {
-                return Err(crate::model::ModelError::Interrupted);
-            }
-            progress.send_modify(|p| {
-                p.stage = stage_name(stage).into();
-                p.epoch = epoch;
-                p.epochs = epochs;
-                p.step = step;
-                p.steps_per_epoch = steps_per_epoch;
-                p.rows_per_second =
-                    (step as f64 * batch as f64) / started.elapsed().as_secs_f64().max(1e-9);
-            });
-            Ok(())
-        };
-        let report = match trainer.run_epoch(&train_rows, &val_rows, &mut hook) {
-            Err(crate::model::ModelError::Interrupted) => return Err(Error::Stopped),
-            other => other?,
-        };
+        if let Ok(mut info) = epoch_info.lock() {
+            *info = (stage_name(stage).to_string(), epoch, epochs, Instant::now());
+        }
+        let report = trainer
+            .run_epoch(&local.train, &local.val, &mut replicas)
+            .map_err(stopped)?;
         ctx.check_stop()?;
+        let when = format!("after {} epoch {epoch}", stage_name(stage));
+        replicas
+            .verify_replicas(&trainer.model().named_tensors(), &when)
+            .map_err(stopped)?;
         ctx.progress.send_modify(|p| {
             p.stage = stage_name(stage).into();
             p.epoch = epoch;
@@ -335,11 +549,14 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             p.loss = report.loss;
             p.rows_per_second = report.rows_per_second;
         });
+        let in_collectives = replicas.take_collective_time().as_secs_f64();
         tracing::info!(
-            "{} epoch {epoch}/{epochs}: loss {:.4} ({:.0} rows/s)",
+            "{} epoch {epoch}/{epochs}: loss {:.4} ({:.0} rows/s over {world} rank(s); {:.1}% of {:.1} s in collectives)",
             stage_name(stage),
             report.loss,
-            report.rows_per_second
+            report.rows_per_second,
+            100.0 * in_collectives / report.seconds.max(1e-9),
+            report.seconds,
         );
         let stage_changed = trainer.state().stage != stage;
         let periodic = (epoch as usize).is_multiple_of(cfg.train.checkpoint_every);

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
-use crate::jobs::{self, JobContext, JobOutcome};
+use crate::jobs::{self, JobContext, JobOutcome, Peers};
+use flowsynth_collective::{Nccl, TcpListenerHandle};
+use std::net::ToSocketAddrs;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -26,6 +28,15 @@ pub struct WorkerOptions {
     pub max_jobs: usize,
     /// How long to keep retrying the first connection.
     pub connect_timeout: Duration,
+    /// Address the TCP collective listens on; empty: `127.0.0.1:0` when the coordinator is on
+    /// loopback, else `0.0.0.0:0` (any interface, a free port).
+    pub collective_listen: String,
+    /// Host or IP peers use to reach this worker's collective; empty: the local address of the
+    /// route to the coordinator (in Kubernetes, pass the pod IP).
+    pub advertise_host: String,
+    /// Collective for multi-worker jobs that ask for `auto`: `auto` (NCCL on CUDA devices when
+    /// libnccl loads, else TCP), `tcp` or `nccl`.
+    pub collective: String,
 }
 
 impl Default for WorkerOptions {
@@ -35,6 +46,9 @@ impl Default for WorkerOptions {
             device: "auto".into(),
             max_jobs: 0,
             connect_timeout: Duration::from_secs(30),
+            collective_listen: String::new(),
+            advertise_host: String::new(),
+            collective: "auto".into(),
         }
     }
 }
@@ -73,6 +87,57 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Channel> {
     }
 }
 
+/// The coordinator's `host:port` from its URL.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hp = rest.split('/').next()?;
+    (!hp.is_empty()).then(|| hp.to_string())
+}
+
+/// Binds the TCP collective's listener and works out the address peers should dial.
+fn bind_collective(opts: &WorkerOptions) -> Result<(Arc<TcpListenerHandle>, String)> {
+    let coordinator = host_port(&endpoint_url(&opts.coordinator)).unwrap_or_default();
+    let resolved: Option<std::net::SocketAddr> = coordinator
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
+    let loopback = resolved.is_some_and(|a| a.ip().is_loopback());
+    let listen = if !opts.collective_listen.is_empty() {
+        opts.collective_listen.clone()
+    } else if loopback {
+        "127.0.0.1:0".to_string()
+    } else {
+        "0.0.0.0:0".to_string()
+    };
+    let listener = TcpListenerHandle::bind(&listen)?;
+    let bound = listener.local_addr();
+    let host = if !opts.advertise_host.is_empty() {
+        opts.advertise_host.clone()
+    } else if !bound.ip().is_unspecified() {
+        bound.ip().to_string()
+    } else {
+        // The local address of the route to the coordinator: what a peer on that network sees.
+        resolved
+            .and_then(|target| {
+                let any = if target.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
+                let s = std::net::UdpSocket::bind(any).ok()?;
+                s.connect(target).ok()?;
+                s.local_addr().ok().map(|a| a.ip().to_string())
+            })
+            .unwrap_or_else(hostname)
+    };
+    let address = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
+    };
+    Ok((Arc::new(listener), address))
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -89,11 +154,13 @@ pub async fn run(
 ) -> Result<()> {
     let channel = connect(&opts.coordinator, opts.connect_timeout).await?;
     let mut client = WorkerServiceClient::new(channel);
+    let (listener, collective_address) = bind_collective(&opts)?;
+    tracing::info!("collective listener on {collective_address}");
     let reg = client
         .register(RegisterRequest {
             hostname: hostname(),
             device: opts.device.clone(),
-            collective_address: String::new(),
+            collective_address: collective_address.clone(),
         })
         .await
         .map_err(Error::rpc("register"))?
@@ -149,7 +216,13 @@ pub async fn run(
             Err(status) => break Err(Error::rpc("get_assignment")(status)),
         };
         let Some(a) = assignment else { continue };
-        run_assignment(&mut client, &worker_id, &opts, a, &stops).await?;
+        let me = Me {
+            worker_id: &worker_id,
+            opts: &opts,
+            listener: &listener,
+            collective_address: &collective_address,
+        };
+        run_assignment(&mut client, &me, a, &stops).await?;
         jobs_done += 1;
         if opts.max_jobs > 0 && jobs_done >= opts.max_jobs {
             break Ok(());
@@ -159,13 +232,121 @@ pub async fn run(
     result
 }
 
+/// This worker, as an assignment needs it.
+struct Me<'a> {
+    worker_id: &'a str,
+    opts: &'a WorkerOptions,
+    listener: &'a Arc<TcpListenerHandle>,
+    collective_address: &'a str,
+}
+
+/// Which collective this rank proposes for a multi-rank training job (rank 0's choice wins:
+/// it travels as the presence of an NCCL id in the rendezvous).
+fn choose_collective(a: &Assignment, me: &Me<'_>) -> Result<&'static str> {
+    let Some(Kind::Train(t)) = a.spec.as_ref().and_then(|s| s.kind.clone()) else {
+        return Ok("none");
+    };
+    if a.world_size <= 1 {
+        return Ok("none");
+    }
+    let cfg = flowsynth_common::config::JobConfig::from_toml(&t.config_toml, "job config")?;
+    let device = jobs::train_device(&cfg, &me.opts.device)?;
+    let asked = match a.spec.as_ref().map(|s| s.collective.as_str()) {
+        Some("tcp") => "tcp",
+        Some("nccl") => "nccl",
+        _ => match me.opts.collective.as_str() {
+            "tcp" => "tcp",
+            "nccl" => "nccl",
+            _ if device.is_cuda() && Nccl::available() => "nccl",
+            _ => "tcp",
+        },
+    };
+    if asked == "nccl" && !(device.is_cuda() && Nccl::available()) {
+        return Err(Error::Device {
+            device: format!("{device:?}"),
+            reason: "the job asks for NCCL, which needs a CUDA device and a loadable libnccl \
+                     (set FLOWSYNTH_NCCL_LIB to libnccl.so.2)"
+                .into(),
+        });
+    }
+    Ok(asked)
+}
+
+/// Runs the rendezvous of the assignment's generation; `None` when the coordinator aborted it.
+async fn rendezvous(
+    client: &mut WorkerServiceClient<Channel>,
+    me: &Me<'_>,
+    a: &Assignment,
+) -> Result<Option<Peers>> {
+    let collective = choose_collective(a, me)?;
+    let nccl_unique_id = if collective == "nccl" && a.rank == 0 {
+        Nccl::unique_id()?.0
+    } else {
+        Vec::new()
+    };
+    loop {
+        let r = client
+            .rendezvous(RendezvousRequest {
+                worker_id: me.worker_id.to_string(),
+                job_id: a.job_id.clone(),
+                generation: a.generation,
+                rank: a.rank,
+                collective_address: me.collective_address.to_string(),
+                nccl_unique_id: nccl_unique_id.clone(),
+                wait_ms: 10_000,
+            })
+            .await
+            .map_err(Error::rpc("rendezvous"))?
+            .into_inner();
+        if r.abort {
+            tracing::warn!("job {}: rendezvous aborted: {}", a.job_id, r.message);
+            return Ok(None);
+        }
+        if !r.complete {
+            continue;
+        }
+        if collective == "none" {
+            return Ok(Some(Peers::Alone));
+        }
+        if !r.nccl_unique_id.is_empty() {
+            if collective != "nccl" {
+                // Rank 0 chose NCCL; this rank must follow or fail clearly.
+                if !Nccl::available() {
+                    return Err(Error::Assignment {
+                        reason: "rank 0 chose NCCL but libnccl cannot be loaded on this worker"
+                            .into(),
+                    });
+                }
+            }
+            return Ok(Some(Peers::Nccl {
+                unique_id: r.nccl_unique_id,
+            }));
+        }
+        let mut addresses = vec![String::new(); a.world_size as usize];
+        for p in &r.peers {
+            if let Some(slot) = addresses.get_mut(p.rank as usize) {
+                *slot = p.address.clone();
+            }
+        }
+        if let Some(missing) = addresses.iter().position(String::is_empty) {
+            return Err(Error::Assignment {
+                reason: format!("the rendezvous gave no collective address for rank {missing}"),
+            });
+        }
+        return Ok(Some(Peers::Tcp {
+            listener: me.listener.clone(),
+            addresses,
+        }));
+    }
+}
+
 async fn run_assignment(
     client: &mut WorkerServiceClient<Channel>,
-    worker_id: &str,
-    opts: &WorkerOptions,
+    me: &Me<'_>,
     a: Assignment,
     stops: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<()> {
+    let worker_id = me.worker_id;
     tracing::info!(
         "job {}: rank {}/{} (generation {})",
         a.job_id,
@@ -174,35 +355,33 @@ async fn run_assignment(
         a.generation
     );
     // Rendezvous: every rank of the generation must arrive before work starts.
-    loop {
-        let r = client
-            .rendezvous(RendezvousRequest {
-                worker_id: worker_id.to_string(),
-                job_id: a.job_id.clone(),
-                generation: a.generation,
-                rank: a.rank,
-                collective_address: String::new(),
-                nccl_unique_id: vec![],
-                wait_ms: 10_000,
-            })
-            .await
-            .map_err(Error::rpc("rendezvous"))?
-            .into_inner();
-        if r.abort {
-            tracing::warn!("job {}: rendezvous aborted: {}", a.job_id, r.message);
+    let peers = match rendezvous(client, me, &a).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::error!("job {} failed before it started: {e}", a.job_id);
+            client
+                .report_done(DoneReport {
+                    worker_id: worker_id.to_string(),
+                    job_id: a.job_id.clone(),
+                    rank: a.rank,
+                    success: false,
+                    message: e.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(Error::rpc("report_done"))?;
             return Ok(());
         }
-        if r.complete {
-            break;
-        }
-    }
+    };
 
     let (ptx, mut prx) = watch::channel(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = JobContext {
         progress: ptx,
         stop: stop.clone(),
-        device: opts.device.clone(),
+        device: me.opts.device.clone(),
+        peers,
     };
     let spec = a.spec.clone().unwrap_or_default();
     let job = a.clone();

@@ -83,7 +83,11 @@ pub enum ModelError {
     #[error("training was interrupted")]
     Interrupted,
 
-    /// The caller's gradient hook failed (e.g. a collective timed out).
-    #[error("gradient hook failed: {message}")]
-    GradientHook { message: String },
+    /// Combining values with the other ranks of a data-parallel job failed: a collective error
+    /// or timeout, or replicas whose parameters no longer agree.
+    #[error("data-parallel {operation} failed: {message}")]
+    Replicas {
+        operation: &'static str,
+        message: String,
+    },
 }

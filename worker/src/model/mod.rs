@@ -19,7 +19,7 @@ pub mod error;
 mod layers;
 pub mod optim;
 pub mod preprocess;
-mod rng;
+pub(crate) mod rng;
 mod trainer;
 pub mod vae;
 
@@ -35,7 +35,7 @@ pub use edm::{EdmNoise, SamplerOptions};
 pub use error::{ModelError, Result};
 pub use optim::{Adam, AdamConfig};
 pub use preprocess::{Batch, Preprocessor, probit};
-pub use trainer::{EpochReport, Stage, TrainState, Trainer};
+pub use trainer::{Alone, EpochReport, Partition, Replicas, Stage, TrainState, Trainer};
 pub use vae::{Vae, VaeLoss, VaeShape};
 
 use layers::{Builder, matrix};

@@ -17,6 +17,7 @@ pub(crate) mod tag {
     pub const EDM_NOISE: u64 = 0xED40;
     pub const SAMPLE: u64 = 0x5A3F;
     pub const CHURN: u64 = 0xC4A2;
+    pub const SPLIT: u64 = 0x5B17;
 }
 
 /// One SplitMix64 output step (Steele, Lea, Flood 2014): a bijective 64-bit mixer.

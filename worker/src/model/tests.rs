@@ -396,74 +396,105 @@ fn training_learns_class_conditional_rows() {
     );
 }
 
-/// Averages gradients between two trainers running on two threads (a stand-in for the
-/// all-reduce of distributed training).
-struct TwoRankMean {
-    slots: std::sync::Mutex<[Vec<Vec<f32>>; 2]>,
+/// Sums tensors over N trainers running on N threads: an in-process stand-in for the
+/// all-reduce of distributed training (the real collectives are tested in their own crate and
+/// end to end).
+struct ThreadSum {
+    slots: std::sync::Mutex<Vec<Vec<Vec<f64>>>>,
     barrier: std::sync::Barrier,
 }
 
-impl TwoRankMean {
-    fn hook(&self, rank: usize) -> impl FnMut(&[Tensor]) -> Result<()> + '_ {
-        move |grads: &[Tensor]| {
-            let mine: Vec<Vec<f32>> = grads
-                .iter()
-                .map(|g| Vec::<f32>::try_from(g.reshape([-1])).unwrap())
-                .collect();
-            self.slots.lock().unwrap()[rank] = mine;
-            self.barrier.wait();
-            let mean: Vec<Vec<f32>> = {
-                let s = self.slots.lock().unwrap();
-                s[0].iter()
-                    .zip(&s[1])
-                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect())
-                    .collect()
-            };
-            self.barrier.wait();
-            for (g, m) in grads.iter().zip(mean) {
-                let mut g = g.shallow_clone();
-                g.copy_(&Tensor::from_slice(&m).reshape(g.size()));
-            }
-            Ok(())
+impl ThreadSum {
+    fn new(n: usize) -> Self {
+        Self {
+            slots: std::sync::Mutex::new(vec![Vec::new(); n]),
+            barrier: std::sync::Barrier::new(n),
         }
+    }
+
+    fn sum(&self, rank: usize, tensors: &[Tensor]) -> Result<()> {
+        let mine: Vec<Vec<f64>> = tensors
+            .iter()
+            .map(|g| Vec::<f64>::try_from(g.reshape([-1]).to_kind(tch::Kind::Double)).unwrap())
+            .collect();
+        self.slots.lock().unwrap()[rank] = mine;
+        self.barrier.wait();
+        let total: Vec<Vec<f64>> = {
+            let s = self.slots.lock().unwrap();
+            (0..tensors.len())
+                .map(|t| {
+                    (0..s[0][t].len())
+                        .map(|i| s.iter().map(|r| r[t][i]).sum())
+                        .collect()
+                })
+                .collect()
+        };
+        self.barrier.wait();
+        for (g, m) in tensors.iter().zip(total) {
+            let mut g = g.shallow_clone();
+            g.copy_(&Tensor::from_slice(&m).reshape(g.size()).to_kind(g.kind()));
+        }
+        Ok(())
+    }
+
+    fn rank(&self, rank: usize) -> ThreadRank<'_> {
+        ThreadRank { sum: self, rank }
     }
 }
 
-#[test]
-fn two_workers_match_one_worker_with_double_batch() {
-    let (table, manifest) = two_class_dataset(480, 12);
-    let b = 80;
+struct ThreadRank<'a> {
+    sum: &'a ThreadSum,
+    rank: usize,
+}
+
+impl Replicas for ThreadRank<'_> {
+    fn reduce_gradients(&mut self, grads: &[Tensor]) -> Result<()> {
+        self.sum.sum(self.rank, grads)
+    }
+    fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()> {
+        self.sum.sum(self.rank, tensors)
+    }
+}
+
+/// Trains `ranks` data-parallel trainers (rank r holds the rows `owner(row) == r`, in blocks of
+/// uneven size like row-group shards) for one VAE and one diffusion epoch and checks them
+/// against one trainer with the whole table and `ranks` times the batch.
+fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize + Sync) {
+    let (table, manifest) = two_class_dataset(470, 12);
+    let b = 40;
     let mut cfg = tiny_train(1, 1);
-    cfg.batch_size = 2 * b;
-    // One worker, batch 2B, table order.
+    cfg.batch_size = ranks * b;
     let mut single = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
-    single.set_shuffle(false);
     let vae_single = single
-        .run_epoch(&table, &Table::default(), &mut no_hook())
+        .run_epoch(&table, &Table::default(), &mut Alone)
         .unwrap();
-    // Two workers, batch B: rank r holds the r-th half of every global batch.
+    let diffusion_single = single
+        .run_epoch(&table, &Table::default(), &mut Alone)
+        .unwrap();
     cfg.batch_size = b;
-    let shard = |r: usize| -> Vec<usize> {
-        (0..table.rows())
-            .filter(|i| (i % (2 * b)) / b == r)
-            .collect()
-    };
-    let sync = TwoRankMean {
-        slots: std::sync::Mutex::new([Vec::new(), Vec::new()]),
-        barrier: std::sync::Barrier::new(2),
-    };
-    let mut ranks: Vec<Trainer> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
+    let sum = ThreadSum::new(ranks);
+    let trained: Vec<(Trainer, EpochReport, EpochReport)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..ranks)
             .map(|r| {
-                let (cfg, manifest, table, sync) = (&cfg, &manifest, &table, &sync);
-                let idx = shard(r);
+                let (cfg, manifest, table, sum, owner) = (&cfg, &manifest, &table, &sum, &owner);
                 s.spawn(move || {
+                    tch::set_num_threads(1);
+                    let idx: Vec<usize> = (0..table.rows()).filter(|&i| owner(i) == r).collect();
                     let mut t = Trainer::new(manifest, cfg, &tiny_model(), Device::Cpu).unwrap();
-                    t.set_shuffle(false);
                     t.set_row_ids(Some(idx.iter().map(|&i| i as u64).collect()));
-                    t.run_epoch(&table.select(&idx), &Table::default(), &mut sync.hook(r))
+                    t.set_partition(Some(Partition {
+                        world: ranks,
+                        global_rows: table.rows(),
+                        positions: idx.clone(),
+                    }));
+                    let local = table.select(&idx);
+                    let vae = t
+                        .run_epoch(&local, &Table::default(), &mut sum.rank(r))
                         .unwrap();
-                    t
+                    let diffusion = t
+                        .run_epoch(&local, &Table::default(), &mut sum.rank(r))
+                        .unwrap();
+                    (t, vae, diffusion)
                 })
             })
             .collect();
@@ -474,44 +505,46 @@ fn two_workers_match_one_worker_with_double_batch() {
             .zip(b)
             .all(|((na, ta), (nb, tb))| na == nb && ta.allclose(tb, 1e-4, 1e-5, false))
     };
-    assert!(close(
-        &ranks[0].model().vae_params(),
-        &single.model().vae_params()
-    ));
-    assert!(tensors_equal(
-        &ranks[0].model().vae_params(),
-        &ranks[1].model().vae_params()
-    ));
-    assert_eq!(vae_single.steps, 3);
-
-    // The latent mean must be global too: each rank fitted it on its half; average them.
-    let mean = (ranks[0].model().latent_mean() + ranks[1].model().latent_mean()) / 2.0;
-    for t in &mut ranks {
-        t.model_mut().set_latent_mean(&mean).unwrap();
+    for (t, vae, diffusion) in &trained {
+        assert_eq!(vae.steps, vae_single.steps);
+        assert_eq!(vae.rows, 470);
+        assert!((vae.loss - vae_single.loss).abs() < 1e-4 * vae_single.loss.abs().max(1.0));
+        assert!(
+            (diffusion.loss - diffusion_single.loss).abs()
+                < 1e-4 * diffusion_single.loss.abs().max(1.0)
+        );
+        assert!(close(&t.model().vae_params(), &single.model().vae_params()));
+        assert!(
+            t.model()
+                .latent_mean()
+                .allclose(single.model().latent_mean(), 1e-4, 1e-5, false)
+        );
+        assert!(close(
+            &t.model().denoiser_params(),
+            &single.model().denoiser_params()
+        ));
+        assert_eq!(t.state().global_step, single.state().global_step);
+        // Every rank applied the same summed gradients: bit-identical replicas.
+        assert!(tensors_equal(
+            &t.model().named_tensors(),
+            &trained[0].0.model().named_tensors()
+        ));
     }
-    assert!(ranks[0].model().latent_mean().allclose(
-        single.model().latent_mean(),
-        1e-4,
-        1e-5,
-        false
-    ));
-    single
-        .run_epoch(&table, &Table::default(), &mut no_hook())
-        .unwrap();
-    std::thread::scope(|s| {
-        for (r, t) in ranks.iter_mut().enumerate() {
-            let (table, sync) = (&table, &sync);
-            let idx = shard(r);
-            s.spawn(move || {
-                tch::set_num_threads(1);
-                t.run_epoch(&table.select(&idx), &Table::default(), &mut sync.hook(r))
-                    .unwrap();
-            });
-        }
+    assert_eq!(vae_single.steps, 470usize.div_ceil(ranks * b));
+}
+
+#[test]
+fn two_workers_match_one_worker_with_double_batch() {
+    // Uneven contiguous shards (as row groups would be): 300 and 170 rows.
+    check_data_parallel_equivalence(2, |i| usize::from(i >= 300));
+}
+
+#[test]
+fn three_workers_with_uneven_shards_match_one_worker() {
+    // 200 / 265 / 5 rows: most global batches hold no row of rank 2 (it contributes zeros).
+    check_data_parallel_equivalence(3, |i| match i {
+        0..200 => 0,
+        200..465 => 1,
+        _ => 2,
     });
-    assert!(close(
-        &ranks[0].model().denoiser_params(),
-        &single.model().denoiser_params()
-    ));
-    assert_eq!(ranks[0].state().global_step, 6);
 }

@@ -89,6 +89,61 @@ pub struct EpochReport {
     pub stage_finished: bool,
 }
 
+/// What a trainer needs from the other ranks of a data-parallel job. A process training alone
+/// uses [`Alone`]; a closure over the gradients is also accepted (it sees the gradients only, for
+/// tests and progress hooks).
+pub trait Replicas {
+    /// Sums the step's gradients over all ranks, in place (in [`Adam::params`] order). Each rank's
+    /// loss is already weighted by its share of the global batch, so the sum is the gradient of the
+    /// global batch's mean loss. An error stops the epoch and is returned as is.
+    fn reduce_gradients(&mut self, grads: &[Tensor]) -> Result<()>;
+    /// Sums statistics (float64 or float32 tensors: validation loss sums, latent sums, epoch
+    /// metrics) over all ranks, in place.
+    fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()>;
+    /// Called after every optimiser step with the stage's variables (progress, stop requests,
+    /// replica consistency checks); an error stops the epoch.
+    fn after_step(&mut self, _params: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The single-process [`Replicas`]: nothing to combine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Alone;
+
+impl Replicas for Alone {
+    fn reduce_gradients(&mut self, _grads: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum(&mut self, _tensors: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&[Tensor]) -> Result<()>> Replicas for F {
+    fn reduce_gradients(&mut self, grads: &[Tensor]) -> Result<()> {
+        self(grads)
+    }
+    fn all_reduce_sum(&mut self, _tensors: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Which rows of the dataset-wide training set this rank holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Ranks in the job; the global batch is `world * batch_size` rows.
+    pub world: usize,
+    /// Rows in the dataset-wide training set (over all ranks).
+    pub global_rows: usize,
+    /// For each row of this rank's training table, its position `0..global_rows` in the
+    /// dataset-wide training set (the same numbering on every rank).
+    pub positions: Vec<usize>,
+}
+
+/// Marks a global position held by no local row.
+const NOT_LOCAL: u32 = u32::MAX;
+
 /// The model, its two optimisers and the schedule.
 #[derive(Debug)]
 pub struct Trainer {
@@ -100,6 +155,8 @@ pub struct Trainer {
     shuffle: bool,
     /// Global id of each training-table row (noise keys); `None`: the row's index.
     row_ids: Option<Vec<u64>>,
+    /// Data-parallel layout; `None`: this trainer holds the whole training set.
+    partition: Option<Partition>,
 }
 
 impl Trainer {
@@ -140,6 +197,7 @@ impl Trainer {
             train: train.clone(),
             shuffle: true,
             row_ids: None,
+            partition: None,
         })
     }
 
@@ -174,6 +232,12 @@ impl Trainer {
     /// batch N*B.
     pub fn set_row_ids(&mut self, ids: Option<Vec<u64>>) {
         self.row_ids = ids;
+    }
+
+    /// Makes this trainer one rank of a data-parallel job (see the module docs); `None` (the
+    /// default) trains on the whole table alone.
+    pub fn set_partition(&mut self, partition: Option<Partition>) {
+        self.partition = partition;
     }
 
     pub fn vae_optimizer(&self) -> &Adam {
@@ -223,16 +287,18 @@ impl Trainer {
     }
 
     /// Runs one epoch of the current stage over `train` (and measures the VAE's validation loss
-    /// on `val`). For every batch: zero gradients, loss, backward, `grad_hook` with the stage's
-    /// gradients (in [`Adam::params`] order; it may modify them in place, e.g. all-reduce), then
-    /// the optimiser step. An error from the hook stops the epoch and is returned as is.
+    /// on `val`). For every global batch: zero gradients, this rank's weighted loss, backward,
+    /// [`Replicas::reduce_gradients`] (it may modify them in place), then the optimiser step.
+    /// Epoch metrics, the validation loss and the latent mean are summed over the replicas, so
+    /// every rank reports and decides (beta) alike.
     pub fn run_epoch(
         &mut self,
         train: &Table,
         val: &Table,
-        grad_hook: &mut dyn FnMut(&[Tensor]) -> Result<()>,
+        replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
-        if train.rows() == 0 {
+        let layout = self.layout(train.rows())?;
+        if layout.global_rows == 0 {
             return Err(ModelError::EmptyData { what: "training" });
         }
         if let Some(ids) = &self.row_ids
@@ -248,7 +314,7 @@ impl Trainer {
         }
         // A stage configured with zero epochs is skipped.
         if self.state.stage == Stage::Vae && self.state.epoch_in_stage >= self.train.epochs {
-            self.finish_vae(train)?;
+            self.finish_vae(train, replicas)?;
         }
         if self.state.stage == Stage::Diffusion
             && self.state.epoch_in_stage >= self.train.diffusion_epochs()
@@ -256,13 +322,107 @@ impl Trainer {
             self.state.stage = Stage::Done;
         }
         match self.state.stage {
-            Stage::Vae => self.vae_epoch(train, val, grad_hook),
-            Stage::Diffusion => self.diffusion_epoch(train, grad_hook),
+            Stage::Vae => self.vae_epoch(train, val, &layout, replicas),
+            Stage::Diffusion => self.diffusion_epoch(train, &layout, replicas),
             Stage::Done => Err(ModelError::TrainingFinished),
         }
     }
 
-    /// The epoch's row order (indices into the training table).
+    /// Checks the partition against the table and maps global positions to local rows.
+    fn layout(&self, local_rows: usize) -> Result<EpochLayout> {
+        let Some(p) = &self.partition else {
+            return Ok(EpochLayout {
+                world: 1,
+                global_rows: local_rows,
+                local_of: None,
+            });
+        };
+        if p.positions.len() != local_rows {
+            return Err(ModelError::TableLayout {
+                reason: format!(
+                    "the partition lists {} rows for {} training rows",
+                    p.positions.len(),
+                    local_rows
+                ),
+            });
+        }
+        if p.world == 0 || p.global_rows >= NOT_LOCAL as usize {
+            return Err(ModelError::TableLayout {
+                reason: format!(
+                    "partition of {} global rows over {} ranks is not supported",
+                    p.global_rows, p.world
+                ),
+            });
+        }
+        let mut local_of = vec![NOT_LOCAL; p.global_rows];
+        for (i, &pos) in p.positions.iter().enumerate() {
+            match local_of.get_mut(pos) {
+                Some(slot) if *slot == NOT_LOCAL => *slot = i as u32,
+                _ => {
+                    return Err(ModelError::TableLayout {
+                        reason: format!(
+                            "partition position {pos} is out of range (0..{}) or repeated",
+                            p.global_rows
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(EpochLayout {
+            world: p.world,
+            global_rows: p.global_rows,
+            local_of: Some(local_of),
+        })
+    }
+
+    /// The epoch's global batches: for each step, this rank's rows (indices into its training
+    /// table) and the number of rows in the whole global batch.
+    fn global_batches(&self, layout: &EpochLayout) -> Vec<(Vec<usize>, usize)> {
+        let order = self.order(layout.global_rows);
+        let global_batch = self.train.batch_size * layout.world;
+        order
+            .chunks(global_batch)
+            .map(|chunk| {
+                let local = match &layout.local_of {
+                    None => chunk.to_vec(),
+                    Some(map) => chunk
+                        .iter()
+                        .filter_map(|&p| match map[p] {
+                            NOT_LOCAL => None,
+                            i => Some(i as usize),
+                        })
+                        .collect(),
+                };
+                (local, chunk.len())
+            })
+            .collect()
+    }
+
+    /// Gives every variable of `opt` a zero gradient: a rank with no rows in a global batch
+    /// still contributes (zeros) to the gradient sum.
+    fn zero_gradients(opt: &Adam) -> Result<()> {
+        let mut total: Option<Tensor> = None;
+        for (_, p) in opt.params() {
+            let z = p.f_sum(tch::Kind::Float)?.f_mul_scalar(0.0)?;
+            total = Some(match total {
+                None => z,
+                Some(t) => t.f_add(&z)?,
+            });
+        }
+        if let Some(t) = total {
+            t.f_backward()?;
+        }
+        Ok(())
+    }
+
+    /// Sums `values` (float64) over the replicas.
+    fn sum_over_replicas(&self, replicas: &mut dyn Replicas, values: &[f64]) -> Result<Vec<f64>> {
+        let t = Tensor::f_from_slice(values)?.f_to_device(self.model.device())?;
+        replicas.all_reduce_sum(std::slice::from_ref(&t))?;
+        Ok(Vec::<f64>::try_from(t.f_to_device(Device::Cpu)?)?)
+    }
+
+    /// The epoch's row order (global positions).
     fn order(&self, rows: usize) -> Vec<usize> {
         if self.shuffle {
             let key = derive(
@@ -297,7 +457,8 @@ impl Trainer {
         &mut self,
         train: &Table,
         val: &Table,
-        grad_hook: &mut dyn FnMut(&[Tensor]) -> Result<()>,
+        layout: &EpochLayout,
+        replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
         let beta = self.state.beta;
@@ -305,29 +466,36 @@ impl Trainer {
             self.train.seed,
             &[tag::VAE_NOISE, self.state.epoch_in_stage as u64],
         );
-        let order = self.order(train.rows());
         let (mut mse, mut ce, mut kl) = (0.0, 0.0, 0.0);
         let mut steps = 0;
-        for idx in order.chunks(self.train.batch_size) {
-            let batch = self.encode_rows(train, idx)?;
-            let eps = self.model.vae_noise(noise_key, &self.row_ids(idx))?;
+        for (idx, global) in self.global_batches(layout) {
             self.vae_opt.zero_grad();
-            let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
-            loss.total.f_backward()?;
+            if idx.is_empty() {
+                Self::zero_gradients(&self.vae_opt)?;
+            } else {
+                let batch = self.encode_rows(train, &idx)?;
+                let eps = self.model.vae_noise(noise_key, &self.row_ids(&idx))?;
+                let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
+                // This rank's share of the global batch's mean loss (exactly 1 when alone).
+                let share = idx.len() as f64 / global as f64;
+                loss.total.f_mul_scalar(share)?.f_backward()?;
+                let w = idx.len() as f64;
+                mse += loss.mse * w;
+                ce += loss.ce * w;
+                kl += loss.kl * w;
+            }
             let grads = self.vae_opt.gradients()?;
-            grad_hook(&grads)?;
+            replicas.reduce_gradients(&grads)?;
             self.vae_opt.step()?;
             self.state.global_step += 1;
             steps += 1;
-            let w = idx.len() as f64;
-            mse += loss.mse * w;
-            ce += loss.ce * w;
-            kl += loss.kl * w;
+            replicas.after_step(self.vae_opt.params())?;
         }
-        let rows = train.rows();
+        let sums = self.sum_over_replicas(replicas, &[mse, ce, kl])?;
+        let rows = layout.global_rows;
         let n = rows as f64;
-        let (mse, ce, kl) = (mse / n, ce / n, kl / n);
-        let val_loss = match self.validation_loss(val)? {
+        let (mse, ce, kl) = (sums[0] / n, sums[1] / n, sums[2] / n);
+        let val_loss = match self.validation_loss_over(val, replicas)? {
             Some(v) => v,
             None => mse + ce,
         };
@@ -336,7 +504,7 @@ impl Trainer {
         let epoch = self.state.epoch_in_stage;
         let finished = epoch >= self.train.epochs;
         if finished {
-            self.finish_vae(train)?;
+            self.finish_vae(train, replicas)?;
         }
         let seconds = started.elapsed().as_secs_f64();
         Ok(EpochReport {
@@ -358,19 +526,28 @@ impl Trainer {
 
     /// The VAE's reconstruction loss (mse + ce, with z = mu) over `val`, `None` when it is empty.
     pub fn validation_loss(&self, val: &Table) -> Result<Option<f64>> {
-        if val.rows() == 0 {
-            return Ok(None);
-        }
-        let _guard = tch::no_grad_guard();
+        self.validation_loss_over(val, &mut Alone)
+    }
+
+    /// [`Trainer::validation_loss`] over the validation rows of all replicas.
+    fn validation_loss_over(
+        &self,
+        val: &Table,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Option<f64>> {
         let mut sum = 0.0;
         let n = val.rows();
-        for start in (0..n).step_by(EVAL_CHUNK_ROWS) {
-            let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
-            let batch = self.encode_rows(val, &idx)?;
-            let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
-            sum += (loss.mse + loss.ce) * idx.len() as f64;
+        {
+            let _guard = tch::no_grad_guard();
+            for start in (0..n).step_by(EVAL_CHUNK_ROWS) {
+                let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
+                let batch = self.encode_rows(val, &idx)?;
+                let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
+                sum += (loss.mse + loss.ce) * idx.len() as f64;
+            }
         }
-        Ok(Some(sum / n as f64))
+        let total = self.sum_over_replicas(replicas, &[sum, n as f64])?;
+        Ok((total[1] > 0.0).then(|| total[0] / total[1]))
     }
 
     /// TabSyn's schedule: when the validation loss has not improved for `beta_patience` epochs,
@@ -391,10 +568,27 @@ impl Trainer {
         }
     }
 
-    /// Ends the VAE stage: fits the latent mean over all training rows, enters the diffusion
-    /// stage.
-    fn finish_vae(&mut self, train: &Table) -> Result<()> {
-        self.model.fit_latent_stats_table(train, EVAL_CHUNK_ROWS)?;
+    /// Ends the VAE stage: fits the latent mean over all training rows (of all replicas), enters
+    /// the diffusion stage.
+    fn finish_vae(&mut self, train: &Table, replicas: &mut dyn Replicas) -> Result<()> {
+        let n = train.rows();
+        let (sum, rows) = {
+            let mut batches = (0..n).step_by(EVAL_CHUNK_ROWS).map(|start| {
+                let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
+                self.encode_rows(train, &idx)
+            });
+            self.model.latent_sums(&mut batches)?
+        };
+        let rows = Tensor::f_from_slice(&[rows as f64])?.f_to_device(self.model.device())?;
+        replicas.all_reduce_sum(&[sum.shallow_clone(), rows.shallow_clone()])?;
+        let rows = rows.f_double_value(&[0])?;
+        if rows <= 0.0 {
+            return Err(ModelError::EmptyData {
+                what: "training (to fit the latent statistics)",
+            });
+        }
+        self.model
+            .set_latent_mean(&(sum / rows).f_to_kind(tch::Kind::Float)?)?;
         self.state.stage = Stage::Diffusion;
         self.state.epoch_in_stage = 0;
         self.state.best_val_loss = None;
@@ -405,7 +599,8 @@ impl Trainer {
     fn diffusion_epoch(
         &mut self,
         train: &Table,
-        grad_hook: &mut dyn FnMut(&[Tensor]) -> Result<()>,
+        layout: &EpochLayout,
+        replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
         let device = self.model.device();
@@ -415,24 +610,30 @@ impl Trainer {
             self.train.seed,
             &[tag::EDM_NOISE, self.state.epoch_in_stage as u64],
         );
-        let order = self.order(train.rows());
         let mut loss_sum = 0.0;
         let mut steps = 0;
-        for idx in order.chunks(self.train.batch_size) {
-            let batch = self.encode_rows(train, idx)?;
-            let z = self.model.encode_latent(&batch)?;
-            let noise = EdmNoise::draw(noise_key, &self.row_ids(idx), dim, dropout, device)?;
+        for (idx, global) in self.global_batches(layout) {
             self.diffusion_opt.zero_grad();
-            let loss = self.model.denoiser_loss(&z, &batch.label, &noise)?;
-            loss.f_backward()?;
+            if idx.is_empty() {
+                Self::zero_gradients(&self.diffusion_opt)?;
+            } else {
+                let batch = self.encode_rows(train, &idx)?;
+                let z = self.model.encode_latent(&batch)?;
+                let noise = EdmNoise::draw(noise_key, &self.row_ids(&idx), dim, dropout, device)?;
+                let loss = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                let share = idx.len() as f64 / global as f64;
+                loss.f_mul_scalar(share)?.f_backward()?;
+                loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
+            }
             let grads = self.diffusion_opt.gradients()?;
-            grad_hook(&grads)?;
+            replicas.reduce_gradients(&grads)?;
             self.diffusion_opt.step()?;
             self.state.global_step += 1;
             steps += 1;
-            loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
+            replicas.after_step(self.diffusion_opt.params())?;
         }
-        let rows = train.rows();
+        let loss_sum = self.sum_over_replicas(replicas, &[loss_sum])?[0];
+        let rows = layout.global_rows;
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
         let finished = epoch >= self.train.diffusion_epochs();
@@ -456,6 +657,14 @@ impl Trainer {
             stage_finished: finished,
         })
     }
+}
+
+/// [`Trainer::run_epoch`]'s view of the partition.
+struct EpochLayout {
+    world: usize,
+    global_rows: usize,
+    /// Global position -> local row (`NOT_LOCAL` if another rank holds it); `None`: identity.
+    local_of: Option<Vec<u32>>,
 }
 
 /// Puts the optimiser's prefix back on the tensor name of a load error.
