@@ -25,6 +25,7 @@ demo: build
 bench: build
 	@DATA="$(DATA)" bash bench/convert_vs_pyarrow.sh
 	@bash bench/allreduce_vs_gloo.sh
+	@DATA="$(DATA)" bash bench/data_parallel.sh
 
 clean:
 	$(CARGO) clean

@@ -16,7 +16,7 @@ bin="$root/target/release/flowsynth"
 [ -x "$bin" ] || { echo "bench: build first (make build)" >&2; exit 1; }
 out="$root/bench/out/dp"
 rm -rf "$out"; mkdir -p "$out"
-"$bin" convert --preset nsl-kdd "$input" --out "$out/data" --row-group-rows 16384 >/dev/null
+"$bin" convert --preset nsl-kdd "$input" --out "$out/data" --row-group-rows 4096 >/dev/null
 cat >"$out/job.toml" <<TOML
 [train]
 epochs = $EPOCHS
@@ -30,10 +30,10 @@ ffn_dim = 32
 denoiser_width = 256
 TOML
 
-run() { # workers -> log file
-  local n=$1
-  FLOWSYNTH_LOG=info "$bin" train --data "$out/data" --checkpoints "$out/ck-$n" \
-    --config "$out/job.toml" --device cpu --local-workers "$n" 2>"$out/train-$n.log" >/dev/null
+run() { # workers [name] -> log file
+  local n=$1 name=${2:-$1}
+  FLOWSYNTH_LOG=info "$bin" train --data "$out/data" --checkpoints "$out/ck-$name" \
+    --config "$out/job.toml" --device cpu --local-workers "$n" 2>"$out/train-$name.log" >/dev/null
 }
 # Mean rows/s of a stage's epochs after the first, from one rank's log lines
 # "<stage> epoch E/N: loss L (R rows/s over W rank(s))".
@@ -53,11 +53,16 @@ PY
 }
 run 1
 run 2
-printf '%-10s %14s %14s %12s\n' stage "1 worker rows/s" "2 workers rows/s" efficiency
+# Control: two independent single-worker jobs at once (no communication at all) show how much
+# of 2x this machine gives two busy processes.
+run 1 c1 & run 1 c2 & wait
+printf '%-10s %16s %17s %11s %24s\n' stage "1 worker rows/s" "2 workers rows/s" efficiency "2 independent jobs (sum)"
 for stage in vae diffusion; do
   a=$(rate "$out/train-1.log" "$stage")
   b=$(rate "$out/train-2.log" "$stage")
+  c=$(python3 -c "print(f'{$(rate "$out/train-c1.log" "$stage") + $(rate "$out/train-c2.log" "$stage"):.0f}')")
   e=$(python3 -c "print(f'{$b / (2 * $a) * 100:.1f}%')")
-  printf '%-10s %14s %14s %12s\n' "$stage" "$a" "$b" "$e"
+  f=$(python3 -c "print(f'{$c / (2 * $a) * 100:.1f}%')")
+  printf '%-10s %16s %17s %11s %17s (%s)\n' "$stage" "$a" "$b" "$e" "$c" "$f"
 done
 echo "(NSL-KDD full train file, per-worker batch $BATCH, $EPOCHS epochs per stage, 1 libtorch thread per worker, $(nproc) cores)"

@@ -14,7 +14,6 @@ mod common;
 mod moto;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
 use std::time::Instant;
 
 use arrow_array::cast::AsArray;
@@ -48,26 +47,6 @@ sampler_steps = 8
 "#;
 
 /// `flowsynth ARGS` with the S3 settings in the child's environment.
-fn run_env(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("FLOWSYNTH_LOG", "warn")
-        .output()
-        .expect("cannot run flowsynth")
-}
-
-fn run_env_ok(args: &[&str], env: &[(String, String)]) -> String {
-    let out = run_env(args, env);
-    assert!(
-        out.status.success(),
-        "flowsynth {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Checks that the job `submit` reported ran on `WORKERS` workers (`status JOB` lists them).
 fn assert_ran_on_all_workers(submit_stdout: &str, coordinator: &str, env: &[(String, String)]) {
     let job = submit_stdout

@@ -36,15 +36,25 @@ pub fn nsl_subset(dir: &Path, rows: usize) -> PathBuf {
 }
 
 pub fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    run_env_ok(args, &[])
+}
+
+/// Runs flowsynth with extra environment variables (e.g. an S3 endpoint).
+pub fn run_env(args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(BIN)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("FLOWSYNTH_LOG", "warn")
         .output()
         .expect("cannot run flowsynth")
 }
 
-pub fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
+pub fn run_env_ok(args: &[&str], env: &[(String, String)]) -> String {
+    let out = run_env(args, env);
     assert!(
         out.status.success(),
         "flowsynth {args:?} failed:\nstdout:\n{}\nstderr:\n{}",

@@ -340,6 +340,18 @@ async fn rendezvous(
     }
 }
 
+/// What a rank reports when its part of a job failed.
+fn failure_report(worker_id: &str, a: &Assignment, e: &Error) -> DoneReport {
+    DoneReport {
+        worker_id: worker_id.to_string(),
+        job_id: a.job_id.clone(),
+        rank: a.rank,
+        success: false,
+        message: e.to_string(),
+        ..Default::default()
+    }
+}
+
 async fn run_assignment(
     client: &mut WorkerServiceClient<Channel>,
     me: &Me<'_>,
@@ -361,14 +373,7 @@ async fn run_assignment(
         Err(e) => {
             tracing::error!("job {} failed before it started: {e}", a.job_id);
             client
-                .report_done(DoneReport {
-                    worker_id: worker_id.to_string(),
-                    job_id: a.job_id.clone(),
-                    rank: a.rank,
-                    success: false,
-                    message: e.to_string(),
-                    ..Default::default()
-                })
+                .report_done(failure_report(worker_id, &a, &e))
                 .await
                 .map_err(Error::rpc("report_done"))?;
             return Ok(());
@@ -438,14 +443,7 @@ async fn run_assignment(
         },
         Err(e) => {
             tracing::error!("job {} failed: {e}", a.job_id);
-            DoneReport {
-                worker_id: worker_id.to_string(),
-                job_id: a.job_id.clone(),
-                rank: a.rank,
-                success: false,
-                message: e.to_string(),
-                ..Default::default()
-            }
+            failure_report(worker_id, &a, e)
         }
     };
     client
