@@ -34,19 +34,9 @@ denoiser_width = 32
 /// Converts 2,300 NSL-KDD rows into 8 row groups (7 x 300 + 200): 2 or 3 workers get uneven
 /// shards.
 fn dataset(root: &Path) -> String {
-    let csv = nsl_subset(root, 2300);
-    let out = root.join("dataset");
-    run_ok(&[
-        "convert",
-        "--preset",
-        "nsl-kdd",
-        "--row-group-rows",
-        "300",
-        csv.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    out.to_str().unwrap().to_string()
+    let out = root.join("dataset").to_str().unwrap().to_string();
+    convert_nsl_subset(root, 2300, &out, 300, &[]);
+    out
 }
 
 /// Trains with `workers` local workers of `batch` rows each; returns the final weights.

@@ -20,22 +20,12 @@ use common::*;
 fn convert_train_and_sample_through_coordinator_and_worker_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let csv = nsl_subset(root, 6000);
     let dataset = root.join("dataset");
     let ckpts = root.join("checkpoints");
     let out = root.join("augmented");
 
     // 1. convert
-    run_ok(&[
-        "convert",
-        "--preset",
-        "nsl-kdd",
-        csv.to_str().unwrap(),
-        "--out",
-        dataset.to_str().unwrap(),
-        "--row-group-rows",
-        "2000",
-    ]);
+    convert_nsl_subset(root, 6000, dataset.to_str().unwrap(), 2000, &[]);
     let ds = json(&dataset.join("dataset.json"));
     assert_eq!(ds["total_rows"], 6000);
     let columns = ds["columns"].as_array().unwrap().clone();
@@ -242,16 +232,9 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
 fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let csv = nsl_subset(root, 3000);
     let dataset = root.join("dataset");
-    run_ok(&[
-        "convert",
-        "--preset",
-        "nsl-kdd",
-        csv.to_str().unwrap(),
-        "--out",
-        dataset.to_str().unwrap(),
-    ]);
+    // 65,536 rows per row group: convert's default.
+    convert_nsl_subset(root, 3000, dataset.to_str().unwrap(), 65_536, &[]);
     let ckpts = root.join("ck");
     let args = [
         "train",

@@ -88,26 +88,13 @@ fn convert_train_and_sample_with_every_location_on_s3() {
     let options = StoreOptions::from_iter(env.clone());
     let open = |rel: &str| Location::parse_with(&format!("s3://{BUCKET}/{rel}"), &options).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let csv = nsl_subset(tmp.path(), 3000);
     let data_url = format!("s3://{BUCKET}/data/nsl");
     let ckpt_url = format!("s3://{BUCKET}/ckpt");
     let out_url = format!("s3://{BUCKET}/out/augmented");
 
     // 1. convert straight to S3.
     let started = Instant::now();
-    run_env_ok(
-        &[
-            "convert",
-            "--preset",
-            "nsl-kdd",
-            csv.to_str().unwrap(),
-            "--out",
-            &data_url,
-            "--row-group-rows",
-            "500",
-        ],
-        &env,
-    );
+    convert_nsl_subset(tmp.path(), 3000, &data_url, 500, &env);
     eprintln!("convert took {:?}", started.elapsed());
     let data = open("data/nsl");
     let ds = s3_json(&data, "dataset.json");

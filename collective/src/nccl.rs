@@ -452,6 +452,22 @@ impl Nccl {
         }
     }
 
+    /// [`Error::Aborted`] once the abort flag is set.
+    fn check_abort(&self, op: &'static str) -> Result<()> {
+        if self
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Relaxed))
+        {
+            return Err(Error::Aborted {
+                rank: self.me.rank,
+                generation: self.me.generation,
+                op,
+            });
+        }
+        Ok(())
+    }
+
     /// Waits for the legacy default stream, watching NCCL's asynchronous errors, the abort flag
     /// and the timeout.
     fn wait_stream(&self, op: &'static str) -> Result<()> {
@@ -474,17 +490,7 @@ impl Nccl {
             if async_status != NCCL_SUCCESS && async_status != NCCL_IN_PROGRESS {
                 return Err(self.nccl_error(op, async_status));
             }
-            if self
-                .abort
-                .as_ref()
-                .is_some_and(|a| a.load(Ordering::Relaxed))
-            {
-                return Err(Error::Aborted {
-                    rank: self.me.rank,
-                    generation: self.me.generation,
-                    op,
-                });
-            }
+            self.check_abort(op)?;
             if start.elapsed() >= self.timeout {
                 return Err(Error::Timeout {
                     rank: self.me.rank,
@@ -546,17 +552,7 @@ impl Nccl {
         dtype: DType,
         enqueue: impl FnOnce(&Api, *mut c_void, usize, ncclDataType_t, ncclComm_t) -> NcclStatus,
     ) -> Result<()> {
-        if self
-            .abort
-            .as_ref()
-            .is_some_and(|a| a.load(Ordering::Relaxed))
-        {
-            return Err(Error::Aborted {
-                rank: self.me.rank,
-                generation: self.me.generation,
-                op,
-            });
-        }
+        self.check_abort(op)?;
         // The calling thread may not have this device current.
         // SAFETY: plain call.
         let status = unsafe { (self.api.set_device)(self.device as c_int) };

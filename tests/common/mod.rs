@@ -35,6 +35,31 @@ pub fn nsl_subset(dir: &Path, rows: usize) -> PathBuf {
     path
 }
 
+/// Converts the first `rows` NSL-KDD rows (written to `dir`) into a dataset at `out` (a path or
+/// URL) with `row_group_rows` rows per row group; `env` goes to the process (e.g. S3 settings).
+pub fn convert_nsl_subset(
+    dir: &Path,
+    rows: usize,
+    out: &str,
+    row_group_rows: usize,
+    env: &[(String, String)],
+) {
+    let csv = nsl_subset(dir, rows);
+    run_env_ok(
+        &[
+            "convert",
+            "--preset",
+            "nsl-kdd",
+            csv.to_str().unwrap(),
+            "--out",
+            out,
+            "--row-group-rows",
+            &row_group_rows.to_string(),
+        ],
+        env,
+    );
+}
+
 pub fn run(args: &[&str]) -> Output {
     run_env(args, &[])
 }

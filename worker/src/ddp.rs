@@ -35,7 +35,12 @@ pub struct DataParallel<F> {
     /// Time spent inside collective calls (waiting for peers included) since the last
     /// [`DataParallel::take_collective_time`].
     collective_time: std::time::Duration,
+    /// Bucket buffers kept between steps (see [`DataParallel::bucket_buffer`]).
+    buffers: Vec<Tensor>,
 }
+
+/// Bucket buffers kept: the gradient buckets of both stages plus the few small statistics sums.
+const MAX_CACHED_BUFFERS: usize = 32;
 
 fn collective_error(
     operation: &'static str,
@@ -62,6 +67,7 @@ impl<F: FnMut() -> Result<()>> DataParallel<F> {
             steps: 0,
             on_step,
             collective_time: std::time::Duration::ZERO,
+            buffers: Vec::new(),
         }
     }
 
@@ -77,6 +83,25 @@ impl<F: FnMut() -> Result<()>> DataParallel<F> {
     /// epoch went to communication and to waiting for slower ranks).
     pub fn take_collective_time(&mut self) -> std::time::Duration {
         std::mem::take(&mut self.collective_time)
+    }
+
+    /// A contiguous buffer for one bucket, reused across steps: every step reduces the same
+    /// buckets, so after the first step no bucket allocates. Buckets are reduced one after the
+    /// other, so two buckets of one size may share a buffer.
+    fn bucket_buffer(&mut self, kind: Kind, device: Device, len: usize) -> Result<Tensor> {
+        if let Some(b) = self
+            .buffers
+            .iter()
+            .find(|b| b.kind() == kind && b.device() == device && b.numel() == len)
+        {
+            return Ok(b.shallow_clone());
+        }
+        if self.buffers.len() >= MAX_CACHED_BUFFERS {
+            drop(self.buffers.remove(0));
+        }
+        let b = Tensor::f_empty([len as i64], (kind, device))?;
+        self.buffers.push(b.shallow_clone());
+        Ok(b)
     }
 
     fn collective(&mut self, operation: &'static str) -> Result<&mut Box<dyn Collective>> {
@@ -127,21 +152,19 @@ impl<F: FnMut() -> Result<()>> DataParallel<F> {
                 ),
             });
         }
-        let flat = if tensors.len() == 1 {
-            tensors[0].f_reshape([-1])?.f_contiguous()?.copy()
-        } else {
-            let parts = tensors
-                .iter()
-                .map(|t| t.f_reshape([-1]))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Tensor::f_cat(&parts, 0)?
-        };
-        let len = flat.numel();
+        let len: usize = tensors.iter().map(|t| t.numel()).sum();
+        let flat = self.bucket_buffer(kind, device, len)?;
+        let parts = tensors
+            .iter()
+            .map(|t| t.f_reshape([-1]))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Writes into `flat`; the returned handle is `flat` again.
+        let _ = Tensor::f_cat_out(&flat, &parts, 0)?;
         let started = std::time::Instant::now();
         match (device, kind) {
             (Device::Cpu, Kind::Float) => {
-                // SAFETY: `flat` is a freshly allocated, contiguous float32 CPU tensor of `len`
-                // elements that nothing else references while the slice lives.
+                // SAFETY: `flat` is a contiguous float32 CPU buffer of `len` elements owned by
+                // this struct; nothing else reads or writes it while the slice lives.
                 let buf =
                     unsafe { std::slice::from_raw_parts_mut(flat.data_ptr() as *mut f32, len) };
                 self.collective(operation)?

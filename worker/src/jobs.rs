@@ -424,24 +424,29 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     let manifest = block_on(dataset::load_manifest(&data))?;
     let (rows, ids) = read_shards(&data, &manifest, a)?;
     let split = GlobalSplit::new(manifest.total_rows, &cfg)?;
-    let local = split.local(&rows, &ids)?;
+    let LocalRows {
+        train,
+        train_ids,
+        positions,
+        val,
+    } = split.local(&rows, &ids)?;
     drop(rows);
     let world = a.world_size.max(1) as usize;
     tracing::info!(
         "rank {}/{world} training on {} of {} rows ({} held out here) on {device:?}",
         a.rank,
-        local.train.rows(),
+        train.rows(),
         split.train_rows,
-        local.val.rows()
+        val.rows()
     );
     let root = Location::parse(&spec.checkpoints_url)?;
     let mut trainer = Trainer::new(&manifest, &cfg.train, &cfg.model, device)?;
-    trainer.set_row_ids(Some(local.train_ids.clone()));
+    trainer.set_row_ids(Some(train_ids));
     trainer.set_partition(Some(Partition {
         world,
         global_rows: split.train_rows,
-        positions: local.positions.clone(),
-    }));
+        positions,
+    }))?;
     if let Some(ck) = block_on(checkpoint::latest(&root))? {
         if ck.manifest.meta.dataset_content_hash != manifest.content_hash {
             return Err(Error::Checkpoint {
@@ -533,7 +538,7 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             *info = (stage_name(stage).to_string(), epoch, epochs, Instant::now());
         }
         let report = trainer
-            .run_epoch(&local.train, &local.val, &mut replicas)
+            .run_epoch(&train, &val, &mut replicas)
             .map_err(stopped)?;
         ctx.check_stop()?;
         let when = format!("after {} epoch {epoch}", stage_name(stage));

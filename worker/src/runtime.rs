@@ -309,14 +309,11 @@ async fn rendezvous(
             return Ok(Some(Peers::Alone));
         }
         if !r.nccl_unique_id.is_empty() {
-            if collective != "nccl" {
-                // Rank 0 chose NCCL; this rank must follow or fail clearly.
-                if !Nccl::available() {
-                    return Err(Error::Assignment {
-                        reason: "rank 0 chose NCCL but libnccl cannot be loaded on this worker"
-                            .into(),
-                    });
-                }
+            // Rank 0 chose NCCL; this rank must follow or fail clearly.
+            if collective != "nccl" && !Nccl::available() {
+                return Err(Error::Assignment {
+                    reason: "rank 0 chose NCCL but libnccl cannot be loaded on this worker".into(),
+                });
             }
             return Ok(Some(Peers::Nccl {
                 unique_id: r.nccl_unique_id,

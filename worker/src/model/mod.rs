@@ -265,8 +265,9 @@ impl FlowModel {
     }
 
     /// Sum of the VAE posterior means over batches of rows (`[latent_dim]`, float64) and the
-    /// number of rows, without gradients. Distributed training all-reduces both (a sum, not an
-    /// average: shards differ in size) and calls [`FlowModel::set_latent_mean`] with their ratio.
+    /// number of rows, without gradients. The trainer sums both over its replicas (a sum, not an
+    /// average: shards differ in size) and sets their ratio, TabSyn's latent mean, with
+    /// [`FlowModel::set_latent_mean`].
     pub fn latent_sums(
         &self,
         batches: &mut dyn Iterator<Item = Result<Batch>>,
@@ -281,45 +282,6 @@ impl FlowModel {
             rows += batch.rows();
         }
         Ok((sum, rows))
-    }
-
-    /// Fits the latent mean over batches of training rows (TabSyn: the mean of the VAE
-    /// posterior means) and marks it fitted. Returns the rows seen.
-    pub fn fit_latent_stats(
-        &mut self,
-        batches: &mut dyn Iterator<Item = Result<Batch>>,
-    ) -> Result<i64> {
-        let (sum, rows) = self.latent_sums(batches)?;
-        if rows == 0 {
-            return Err(ModelError::EmptyData {
-                what: "training (to fit the latent statistics)",
-            });
-        }
-        let mean = (sum / rows as f64).f_to_kind(Kind::Float)?;
-        self.set_latent_mean(&mean)?;
-        Ok(rows)
-    }
-
-    /// [`FlowModel::fit_latent_stats`] over all rows of `table`, `chunk` rows at a time.
-    pub fn fit_latent_stats_table(&mut self, table: &Table, chunk: usize) -> Result<i64> {
-        let chunk = chunk.max(1);
-        let n = table.rows();
-        let (sum, rows) = {
-            let pre = &self.pre;
-            let device = self.device;
-            let mut batches = (0..n).step_by(chunk).map(|start| {
-                let idx: Vec<usize> = (start..(start + chunk).min(n)).collect();
-                pre.encode(&table.select(&idx), device)
-            });
-            self.latent_sums(&mut batches)?
-        };
-        if rows == 0 {
-            return Err(ModelError::EmptyData {
-                what: "training (to fit the latent statistics)",
-            });
-        }
-        self.set_latent_mean(&(sum / rows as f64).f_to_kind(Kind::Float)?)?;
-        Ok(rows)
     }
 
     /// The diffusion-space latent of a batch: `(encode_mean - mean) / 2`, `[B, latent_dim]`,

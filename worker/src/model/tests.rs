@@ -486,7 +486,8 @@ fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize 
                         world: ranks,
                         global_rows: table.rows(),
                         positions: idx.clone(),
-                    }));
+                    }))
+                    .unwrap();
                     let local = table.select(&idx);
                     let vae = t
                         .run_epoch(&local, &Table::default(), &mut sum.rank(r))

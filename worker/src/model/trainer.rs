@@ -152,11 +152,10 @@ pub struct Trainer {
     diffusion_opt: Adam,
     state: TrainState,
     train: TrainConfig,
-    shuffle: bool,
     /// Global id of each training-table row (noise keys); `None`: the row's index.
     row_ids: Option<Vec<u64>>,
     /// Data-parallel layout; `None`: this trainer holds the whole training set.
-    partition: Option<Partition>,
+    sharding: Option<Sharding>,
 }
 
 impl Trainer {
@@ -195,9 +194,8 @@ impl Trainer {
                 epochs_without_improvement: 0,
             },
             train: train.clone(),
-            shuffle: true,
             row_ids: None,
-            partition: None,
+            sharding: None,
         })
     }
 
@@ -219,12 +217,6 @@ impl Trainer {
         self.state = state;
     }
 
-    /// Whether each epoch visits the rows in a seeded random order (default) or in table order.
-    /// Table order lets a test lay out batches explicitly, e.g. to compare N workers with one.
-    pub fn set_shuffle(&mut self, shuffle: bool) {
-        self.shuffle = shuffle;
-    }
-
     /// The dataset-wide id of each row of the training table that `run_epoch` will get (by
     /// default a row's id is its index in that table). Reparameterisation and diffusion noise are
     /// keyed by these ids, so a row gets the same noise on whichever worker holds it: with
@@ -235,9 +227,10 @@ impl Trainer {
     }
 
     /// Makes this trainer one rank of a data-parallel job (see the module docs); `None` (the
-    /// default) trains on the whole table alone.
-    pub fn set_partition(&mut self, partition: Option<Partition>) {
-        self.partition = partition;
+    /// default) trains on the whole table alone. Positions out of range or repeated are refused.
+    pub fn set_partition(&mut self, partition: Option<Partition>) -> Result<()> {
+        self.sharding = partition.map(Sharding::new).transpose()?;
+        Ok(())
     }
 
     pub fn vae_optimizer(&self) -> &Adam {
@@ -297,8 +290,22 @@ impl Trainer {
         val: &Table,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
-        let layout = self.layout(train.rows())?;
-        if layout.global_rows == 0 {
+        if let Some(sh) = &self.sharding
+            && sh.local_rows != train.rows()
+        {
+            return Err(ModelError::TableLayout {
+                reason: format!(
+                    "the partition lists {} rows for {} training rows",
+                    sh.local_rows,
+                    train.rows()
+                ),
+            });
+        }
+        let global_rows = self
+            .sharding
+            .as_ref()
+            .map_or(train.rows(), |sh| sh.global_rows);
+        if global_rows == 0 {
             return Err(ModelError::EmptyData { what: "training" });
         }
         if let Some(ids) = &self.row_ids
@@ -321,73 +328,29 @@ impl Trainer {
         {
             self.state.stage = Stage::Done;
         }
+        if self.state.stage == Stage::Done {
+            return Err(ModelError::TrainingFinished);
+        }
+        let batches = self.global_batches(global_rows);
         match self.state.stage {
-            Stage::Vae => self.vae_epoch(train, val, &layout, replicas),
-            Stage::Diffusion => self.diffusion_epoch(train, &layout, replicas),
-            Stage::Done => Err(ModelError::TrainingFinished),
+            Stage::Vae => self.vae_epoch(train, val, global_rows, batches, replicas),
+            _ => self.diffusion_epoch(train, global_rows, batches, replicas),
         }
-    }
-
-    /// Checks the partition against the table and maps global positions to local rows.
-    fn layout(&self, local_rows: usize) -> Result<EpochLayout> {
-        let Some(p) = &self.partition else {
-            return Ok(EpochLayout {
-                world: 1,
-                global_rows: local_rows,
-                local_of: None,
-            });
-        };
-        if p.positions.len() != local_rows {
-            return Err(ModelError::TableLayout {
-                reason: format!(
-                    "the partition lists {} rows for {} training rows",
-                    p.positions.len(),
-                    local_rows
-                ),
-            });
-        }
-        if p.world == 0 || p.global_rows >= NOT_LOCAL as usize {
-            return Err(ModelError::TableLayout {
-                reason: format!(
-                    "partition of {} global rows over {} ranks is not supported",
-                    p.global_rows, p.world
-                ),
-            });
-        }
-        let mut local_of = vec![NOT_LOCAL; p.global_rows];
-        for (i, &pos) in p.positions.iter().enumerate() {
-            match local_of.get_mut(pos) {
-                Some(slot) if *slot == NOT_LOCAL => *slot = i as u32,
-                _ => {
-                    return Err(ModelError::TableLayout {
-                        reason: format!(
-                            "partition position {pos} is out of range (0..{}) or repeated",
-                            p.global_rows
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(EpochLayout {
-            world: p.world,
-            global_rows: p.global_rows,
-            local_of: Some(local_of),
-        })
     }
 
     /// The epoch's global batches: for each step, this rank's rows (indices into its training
     /// table) and the number of rows in the whole global batch.
-    fn global_batches(&self, layout: &EpochLayout) -> Vec<(Vec<usize>, usize)> {
-        let order = self.order(layout.global_rows);
-        let global_batch = self.train.batch_size * layout.world;
+    fn global_batches(&self, global_rows: usize) -> Vec<(Vec<usize>, usize)> {
+        let order = self.order(global_rows);
+        let world = self.sharding.as_ref().map_or(1, |sh| sh.world);
         order
-            .chunks(global_batch)
+            .chunks(self.train.batch_size * world)
             .map(|chunk| {
-                let local = match &layout.local_of {
+                let local = match &self.sharding {
                     None => chunk.to_vec(),
-                    Some(map) => chunk
+                    Some(sh) => chunk
                         .iter()
-                        .filter_map(|&p| match map[p] {
+                        .filter_map(|&p| match sh.local_of[p] {
                             NOT_LOCAL => None,
                             i => Some(i as usize),
                         })
@@ -424,19 +387,15 @@ impl Trainer {
 
     /// The epoch's row order (global positions).
     fn order(&self, rows: usize) -> Vec<usize> {
-        if self.shuffle {
-            let key = derive(
-                self.train.seed,
-                &[
-                    tag::PERMUTATION,
-                    self.state.stage.key(),
-                    self.state.epoch_in_stage as u64,
-                ],
-            );
-            permutation(key, rows)
-        } else {
-            (0..rows).collect()
-        }
+        let key = derive(
+            self.train.seed,
+            &[
+                tag::PERMUTATION,
+                self.state.stage.key(),
+                self.state.epoch_in_stage as u64,
+            ],
+        );
+        permutation(key, rows)
     }
 
     fn row_ids(&self, idx: &[usize]) -> Vec<u64> {
@@ -457,7 +416,8 @@ impl Trainer {
         &mut self,
         train: &Table,
         val: &Table,
-        layout: &EpochLayout,
+        global_rows: usize,
+        batches: Vec<(Vec<usize>, usize)>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -468,7 +428,7 @@ impl Trainer {
         );
         let (mut mse, mut ce, mut kl) = (0.0, 0.0, 0.0);
         let mut steps = 0;
-        for (idx, global) in self.global_batches(layout) {
+        for (idx, global) in batches {
             self.vae_opt.zero_grad();
             if idx.is_empty() {
                 Self::zero_gradients(&self.vae_opt)?;
@@ -492,10 +452,10 @@ impl Trainer {
             replicas.after_step(self.vae_opt.params())?;
         }
         let sums = self.sum_over_replicas(replicas, &[mse, ce, kl])?;
-        let rows = layout.global_rows;
+        let rows = global_rows;
         let n = rows as f64;
         let (mse, ce, kl) = (sums[0] / n, sums[1] / n, sums[2] / n);
-        let val_loss = match self.validation_loss_over(val, replicas)? {
+        let val_loss = match self.validation_loss(val, replicas)? {
             Some(v) => v,
             None => mse + ce,
         };
@@ -524,23 +484,14 @@ impl Trainer {
         })
     }
 
-    /// The VAE's reconstruction loss (mse + ce, with z = mu) over `val`, `None` when it is empty.
-    pub fn validation_loss(&self, val: &Table) -> Result<Option<f64>> {
-        self.validation_loss_over(val, &mut Alone)
-    }
-
-    /// [`Trainer::validation_loss`] over the validation rows of all replicas.
-    fn validation_loss_over(
-        &self,
-        val: &Table,
-        replicas: &mut dyn Replicas,
-    ) -> Result<Option<f64>> {
+    /// The VAE's reconstruction loss (mse + ce, with z = mu) over the validation rows of all
+    /// replicas, `None` when there are none.
+    fn validation_loss(&self, val: &Table, replicas: &mut dyn Replicas) -> Result<Option<f64>> {
         let mut sum = 0.0;
         let n = val.rows();
         {
             let _guard = tch::no_grad_guard();
-            for start in (0..n).step_by(EVAL_CHUNK_ROWS) {
-                let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
+            for idx in eval_chunks(n) {
                 let batch = self.encode_rows(val, &idx)?;
                 let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
                 sum += (loss.mse + loss.ce) * idx.len() as f64;
@@ -571,14 +522,9 @@ impl Trainer {
     /// Ends the VAE stage: fits the latent mean over all training rows (of all replicas), enters
     /// the diffusion stage.
     fn finish_vae(&mut self, train: &Table, replicas: &mut dyn Replicas) -> Result<()> {
-        let n = train.rows();
-        let (sum, rows) = {
-            let mut batches = (0..n).step_by(EVAL_CHUNK_ROWS).map(|start| {
-                let idx: Vec<usize> = (start..(start + EVAL_CHUNK_ROWS).min(n)).collect();
-                self.encode_rows(train, &idx)
-            });
-            self.model.latent_sums(&mut batches)?
-        };
+        let (sum, rows) = self
+            .model
+            .latent_sums(&mut eval_chunks(train.rows()).map(|idx| self.encode_rows(train, &idx)))?;
         let rows = Tensor::f_from_slice(&[rows as f64])?.f_to_device(self.model.device())?;
         replicas.all_reduce_sum(&[sum.shallow_clone(), rows.shallow_clone()])?;
         let rows = rows.f_double_value(&[0])?;
@@ -599,7 +545,8 @@ impl Trainer {
     fn diffusion_epoch(
         &mut self,
         train: &Table,
-        layout: &EpochLayout,
+        global_rows: usize,
+        batches: Vec<(Vec<usize>, usize)>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -612,7 +559,7 @@ impl Trainer {
         );
         let mut loss_sum = 0.0;
         let mut steps = 0;
-        for (idx, global) in self.global_batches(layout) {
+        for (idx, global) in batches {
             self.diffusion_opt.zero_grad();
             if idx.is_empty() {
                 Self::zero_gradients(&self.diffusion_opt)?;
@@ -633,7 +580,7 @@ impl Trainer {
             replicas.after_step(self.diffusion_opt.params())?;
         }
         let loss_sum = self.sum_over_replicas(replicas, &[loss_sum])?[0];
-        let rows = layout.global_rows;
+        let rows = global_rows;
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
         let finished = epoch >= self.train.diffusion_epochs();
@@ -659,12 +606,54 @@ impl Trainer {
     }
 }
 
-/// [`Trainer::run_epoch`]'s view of the partition.
-struct EpochLayout {
+/// A [`Partition`] with its global-position lookup, built once.
+#[derive(Debug)]
+struct Sharding {
     world: usize,
     global_rows: usize,
-    /// Global position -> local row (`NOT_LOCAL` if another rank holds it); `None`: identity.
-    local_of: Option<Vec<u32>>,
+    local_rows: usize,
+    /// Global position -> local row (`NOT_LOCAL` if another rank holds it).
+    local_of: Vec<u32>,
+}
+
+impl Sharding {
+    fn new(p: Partition) -> Result<Self> {
+        if p.world == 0 || p.global_rows >= NOT_LOCAL as usize {
+            return Err(ModelError::TableLayout {
+                reason: format!(
+                    "partition of {} global rows over {} ranks is not supported",
+                    p.global_rows, p.world
+                ),
+            });
+        }
+        let mut local_of = vec![NOT_LOCAL; p.global_rows];
+        for (i, &pos) in p.positions.iter().enumerate() {
+            match local_of.get_mut(pos) {
+                Some(slot) if *slot == NOT_LOCAL => *slot = i as u32,
+                _ => {
+                    return Err(ModelError::TableLayout {
+                        reason: format!(
+                            "partition position {pos} is out of range (0..{}) or repeated",
+                            p.global_rows
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            world: p.world,
+            global_rows: p.global_rows,
+            local_rows: p.positions.len(),
+            local_of,
+        })
+    }
+}
+
+/// Row indices `0..n` in chunks of [`EVAL_CHUNK_ROWS`] (evaluation passes without gradients).
+fn eval_chunks(n: usize) -> impl Iterator<Item = Vec<usize>> {
+    (0..n)
+        .step_by(EVAL_CHUNK_ROWS)
+        .map(move |start| (start..(start + EVAL_CHUNK_ROWS).min(n)).collect())
 }
 
 /// Puts the optimiser's prefix back on the tensor name of a load error.
