@@ -26,6 +26,7 @@ bench: build
 	@DATA="$(DATA)" bash bench/convert_vs_pyarrow.sh
 	@bash bench/allreduce_vs_gloo.sh
 	@DATA="$(DATA)" bash bench/data_parallel.sh
+	@DATA="$(DATA)" bash bench/eval_nsl_kdd.sh
 
 clean:
 	$(CARGO) clean

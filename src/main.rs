@@ -12,6 +12,8 @@ use flowsynth_common::config::JobConfig;
 use flowsynth_common::convert::{self, ConvertOptions, Preset};
 use flowsynth_common::manifest::NonFinitePolicy;
 use flowsynth_common::store::Location;
+use flowsynth_eval::downstream::DetectorKind;
+use flowsynth_eval::run::EvalOptions;
 use flowsynth_proto::{ClassCount, JobSpec, SampleSpec, TrainSpec, job_spec::Kind};
 
 #[derive(Parser)]
@@ -50,6 +52,51 @@ enum Command {
     Status(StatusArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
+    /// Evaluate a synthetic dataset: fidelity, privacy, domain validity and downstream detection
+    /// F1 against real-only, random oversampling and SMOTE. Writes report.json, report.html and
+    /// PNG plots.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Real training data (a `convert` dataset, or a `sample` output whose real rows are used).
+    #[arg(long)]
+    train: String,
+    /// Untouched real test data, never shown to the generator.
+    #[arg(long)]
+    test: String,
+    /// Synthetic data: a `sample` output (its generated rows) or a `convert` dataset.
+    #[arg(long)]
+    synthetic: String,
+    /// Output folder or object-store prefix for report.json, report.html and plots/.
+    #[arg(long, default_value = "eval-report")]
+    out: String,
+    /// Seeds per downstream setting (mean and spread are reported).
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// Use only the synthetic rows of these classes (comma-separated), e.g. the rare attacks.
+    #[arg(long, value_delimiter = ',')]
+    augment_only: Vec<String>,
+    /// Rows per side for alpha-precision / beta-recall / authenticity, DCR and the detection
+    /// test (they compare every row with every other; larger inputs are subsampled).
+    #[arg(long, default_value_t = 5_000)]
+    sample_rows: usize,
+    /// Real rows the generator never saw, for DCR (default: the test split).
+    #[arg(long)]
+    holdout: Option<String>,
+    /// Detectors to train, comma-separated: rf, gbt, mlp.
+    #[arg(long, value_delimiter = ',', default_value = "rf,gbt,mlp")]
+    detectors: Vec<String>,
+    /// Skip the downstream-detection stage.
+    #[arg(long)]
+    no_downstream: bool,
+    /// Base seed of subsamples and detectors.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -470,12 +517,81 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(a) => client::status(&a.coordinator, a.job.as_deref(), a.verbose).await,
         Command::Cancel(a) => client::cancel(&a.coordinator, &a.job).await,
+        Command::Eval(a) => run_eval(a).await,
     }
 }
 
 async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
+}
+
+async fn run_eval(a: EvalArgs) -> Result<()> {
+    let mut opts = EvalOptions::default();
+    if let Some(t) = a.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        opts.threads = t;
+        opts.downstream.threads = t;
+    }
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    opts.augment_only = a
+        .augment_only
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    opts.sample_rows = a.sample_rows;
+    opts.holdout = a.holdout;
+    opts.seed = a.seed;
+    opts.skip_downstream = a.no_downstream;
+    opts.downstream.seeds = a.seeds;
+    opts.downstream.seed = a.seed;
+    opts.downstream.detectors = a
+        .detectors
+        .iter()
+        .map(|d| d.trim().parse::<DetectorKind>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (train, test, synthetic, out) = (a.train, a.test, a.synthetic, a.out);
+    let written = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let evaluation = flowsynth_eval::run::evaluate(&train, &test, &synthetic, &opts)?;
+        print_eval_summary(&evaluation.report);
+        Ok(flowsynth_eval::run::write(&evaluation, &out)?)
+    })
+    .await
+    .context("evaluation thread failed")??;
+    if let Some(page) = written.iter().find(|w| w.ends_with("report.html")) {
+        println!("wrote {} files; open {page}", written.len());
+    }
+    Ok(())
+}
+
+/// The headline numbers on stdout, so a terminal user need not open the page.
+fn print_eval_summary(r: &flowsynth_eval::report::Report) {
+    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "shape {}  trend {}  detection {}  validity {:.3}  alpha-precision {}  beta-recall {}  authenticity {}",
+        f(r.shape),
+        f(r.trend),
+        f(r.detection.as_ref().map(|d| d.score)),
+        r.validity.share_valid_rows,
+        f(r.alpha_precision),
+        f(r.beta_recall),
+        f(r.authenticity),
+    );
+    if let Some(d) = &r.downstream {
+        for det in &d.detectors {
+            let cells: Vec<String> = det
+                .settings
+                .iter()
+                .map(|s| format!("{} {:.3}±{:.3}", s.setting, s.macro_f1.mean, s.macro_f1.std))
+                .collect();
+            println!("macro-F1 {:<18} {}", det.detector, cells.join("  "));
+        }
+    }
 }
 
 async fn run_convert(a: ConvertArgs) -> Result<()> {

@@ -226,6 +226,32 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
     // 6. status lists both jobs as succeeded.
     let status = run_ok(&["status", "--coordinator", &url]);
     assert_eq!(status.matches("succeeded").count(), 2, "{status}");
+
+    // 7. eval reads the sample output: its generated rows only (the copied real rows are not
+    // synthetic), here against the training data standing in for a test split.
+    let report_dir = root.join("report");
+    run_ok(&[
+        "eval",
+        "--train",
+        dataset.to_str().unwrap(),
+        "--test",
+        dataset.to_str().unwrap(),
+        "--synthetic",
+        out.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+        "--seeds",
+        "1",
+        "--detectors",
+        "rf",
+        "--sample-rows",
+        "500",
+    ]);
+    let report = json(&report_dir.join("report.json"));
+    assert_eq!(report["inputs"]["synthetic"]["rows"], 5300);
+    assert_eq!(report["inputs"]["synthetic"]["class_counts"]["satan"], 5000);
+    assert_eq!(report["downstream"]["added_per_class"]["neptune"], 300);
+    assert!(report_dir.join("report.html").exists());
 }
 
 #[test]
@@ -330,6 +356,7 @@ fn help_lists_every_subcommand() {
         "submit",
         "status",
         "cancel",
+        "eval",
     ] {
         assert!(out.contains(sub), "{sub} missing from --help:\n{out}");
     }

@@ -1,0 +1,305 @@
+//! `flowsynth eval` end to end on real NSL-KDD slices: the report's content and files, the
+//! degenerate cases whose answers are known (a synthetic set that copies the training data), the
+//! `--augment-only` restriction, and errors that name what is wrong.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use common::{data_dir, json, run, run_ok};
+use serde_json::Value;
+
+/// Converts lines `skip..skip + take` of an NSL-KDD file into a dataset at `out`.
+fn convert_slice(dir: &Path, file: &str, skip: usize, take: usize, out: &Path) {
+    let gz = std::fs::File::open(data_dir().join("nsl-kdd").join(file)).unwrap();
+    let reader = BufReader::new(flate2::read::GzDecoder::new(gz));
+    let csv = dir.join(format!("{file}-{skip}-{take}.csv"));
+    let mut w = std::fs::File::create(&csv).unwrap();
+    for line in reader.lines().skip(skip).take(take) {
+        writeln!(w, "{}", line.unwrap()).unwrap();
+    }
+    drop(w);
+    run_ok(&[
+        "convert",
+        "--preset",
+        "nsl-kdd",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: std::path::PathBuf,
+    train: String,
+    test: String,
+    synthetic: String,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let (train, test, synthetic) = (root.join("train"), root.join("test"), root.join("synth"));
+    convert_slice(&root, "KDDTrain+.txt.gz", 0, 3000, &train);
+    convert_slice(&root, "KDDTest+.txt.gz", 0, 1200, &test);
+    // Other real training rows stand in for a good generator's output.
+    convert_slice(&root, "KDDTrain+.txt.gz", 3000, 1500, &synthetic);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    Fixture {
+        train: s(&train),
+        test: s(&test),
+        synthetic: s(&synthetic),
+        root,
+        _tmp: tmp,
+    }
+}
+
+fn unit(v: &Value, what: &str) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!((0.0..=1.0).contains(&x), "{what} = {x} outside [0, 1]");
+    x
+}
+
+#[test]
+fn report_holds_every_metric_and_the_page_links_existing_plots() {
+    let f = fixture();
+    let out = f.root.join("report");
+    let stdout = run_ok(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        &f.synthetic,
+        "--out",
+        out.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--sample-rows",
+        "600",
+    ]);
+    assert!(stdout.contains("macro-F1"), "{stdout}");
+    let r = json(&out.join("report.json"));
+    for key in [
+        "shape",
+        "trend",
+        "columns",
+        "pairs",
+        "alpha_precision",
+        "beta_recall",
+        "authenticity",
+        "detection",
+        "dcr",
+        "validity",
+        "downstream",
+    ] {
+        assert!(r.get(key).is_some_and(|v| !v.is_null()), "report.json lacks `{key}`");
+    }
+    // Real rows against other real rows of the same file: close marginals and dependence.
+    assert!(unit(&r["shape"], "shape") > 0.85, "{}", r["shape"]);
+    assert!(unit(&r["trend"], "trend") > 0.8, "{}", r["trend"]);
+    assert!(unit(&r["detection"]["score"], "detection") > 0.5);
+    unit(&r["alpha_precision"], "alpha_precision");
+    unit(&r["beta_recall"], "beta_recall");
+    unit(&r["authenticity"], "authenticity");
+    unit(&r["dcr"]["share_closer_to_train"], "dcr share");
+    assert!(unit(&r["validity"]["share_valid_rows"], "validity") > 0.9);
+    assert_eq!(r["validity"]["real_share_valid_rows"], 1.0);
+    // One score per feature of the training data, one per pair.
+    let features = json(&Path::new(&f.train).join("dataset.json"))["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] != "label")
+        .count();
+    assert!(features >= 30, "{features}");
+    assert_eq!(r["columns"].as_array().unwrap().len(), features);
+    assert_eq!(r["pairs"].as_array().unwrap().len(), features * (features - 1) / 2);
+    // The test slice has attacks the training slice lacks: said in the notes.
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("absent from training"), "{notes}");
+    assert!(notes.contains("subsample"), "{notes}");
+
+    let d = &r["downstream"];
+    let settings: Vec<&str> = d["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(settings, ["real", "real+synthetic", "real+ros", "real+smote"]);
+    // Every augmented setting adds the synthetic set's class counts.
+    assert_eq!(d["added_per_class"], r["inputs"]["synthetic"]["class_counts"]);
+    let detectors = d["detectors"].as_array().unwrap();
+    assert_eq!(detectors.len(), 3);
+    for det in detectors {
+        let name = det["detector"].as_str().unwrap();
+        for s in det["settings"].as_array().unwrap() {
+            let f1 = &s["macro_f1"];
+            assert_eq!(f1["values"].as_array().unwrap().len(), 2, "{name}");
+            unit(&f1["mean"], "macro_f1");
+            unit(&s["weighted_f1"]["mean"], "weighted_f1");
+            assert!(!s["per_class"].as_array().unwrap().is_empty());
+        }
+        // A detector trained on real NSL-KDD rows is far better than chance on this slice.
+        let real = &det["settings"][0];
+        assert!(
+            real["weighted_f1"]["mean"].as_f64().unwrap() > 0.5,
+            "{name}: {}",
+            real["weighted_f1"]
+        );
+    }
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let mut images = 0;
+    for piece in html.split("src=\"").skip(1) {
+        let src = &piece[..piece.find('"').unwrap()];
+        let bytes = std::fs::read(out.join(src)).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{src} is not a PNG");
+        images += 1;
+    }
+    // One plot per column, a heatmap and one F1 chart per detector at least.
+    assert!(images > features + 3, "{images} images");
+}
+
+#[test]
+fn copies_of_the_training_data_are_flagged_by_privacy_metrics() {
+    let f = fixture();
+    let out = f.root.join("copy-report");
+    // A holdout from the training distribution, as large as the training slice, so the DCR
+    // reference is the whole training slice (the default holdout, the test split, is smaller).
+    let holdout = f.root.join("holdout");
+    convert_slice(&f.root, "KDDTrain+.txt.gz", 6000, 3000, &holdout);
+    run_ok(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        &f.train,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-downstream",
+        "--sample-rows",
+        "5000",
+        "--holdout",
+        holdout.to_str().unwrap(),
+    ]);
+    let r = json(&out.join("report.json"));
+    assert_eq!(r["shape"], 1.0);
+    assert_eq!(r["trend"], 1.0);
+    assert_eq!(r["validity"]["share_valid_rows"], 1.0);
+    // Every synthetic row is a training row: none is authentic, and nearly all sit closer to
+    // the training data than to the holdout.
+    assert_eq!(r["authenticity"], 0.0);
+    assert!(r["dcr"]["share_closer_to_train"].as_f64().unwrap() > 0.9, "{}", r["dcr"]);
+    assert_eq!(r["dcr"]["median_dcr_train"], 0.0);
+    assert!(r["dcr"]["holdout"].as_str().unwrap().contains("holdout"));
+    assert!(r["downstream"].is_null());
+}
+
+#[test]
+fn augment_only_keeps_the_named_classes_and_rejects_unknown_ones() {
+    let f = fixture();
+    let out = f.root.join("rare");
+    let bad = run(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        &f.synthetic,
+        "--out",
+        out.to_str().unwrap(),
+        "--augment-only",
+        "satan,no_such_attack",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("no_such_attack"), "{err}");
+    assert!(!out.exists(), "a failed eval must not leave a report behind");
+
+    run_ok(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        &f.synthetic,
+        "--out",
+        out.to_str().unwrap(),
+        "--augment-only",
+        "satan, portsweep",
+        "--seeds",
+        "1",
+        "--detectors",
+        "rf,mlp",
+        "--sample-rows",
+        "300",
+    ]);
+    let r = json(&out.join("report.json"));
+    let counts = r["inputs"]["synthetic"]["class_counts"].as_object().unwrap();
+    let classes: Vec<&String> = counts.keys().collect();
+    assert_eq!(classes, ["portsweep", "satan"]);
+    assert_eq!(r["downstream"]["added_per_class"], r["inputs"]["synthetic"]["class_counts"]);
+    assert_eq!(r["downstream"]["detectors"].as_array().unwrap().len(), 2);
+    assert_eq!(r["inputs"]["augment_only"], serde_json::json!(["satan", "portsweep"]));
+}
+
+#[test]
+fn bad_inputs_fail_with_the_dataset_and_column_named() {
+    let f = fixture();
+    // Not a dataset at all.
+    let empty = f.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = run(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        empty.to_str().unwrap(),
+        "--out",
+        f.root.join("r1").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a flowsynth dataset") && err.contains("empty"), "{err}");
+
+    // A dataset with other columns: the missing one is named.
+    let csv = f.root.join("other.csv");
+    std::fs::write(&csv, "duration,protocol_type,label\n1,tcp,normal\n2,udp,neptune\n").unwrap();
+    let other = f.root.join("other");
+    run_ok(&[
+        "convert",
+        "--preset",
+        "generic",
+        csv.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    let out = run(&[
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        other.to_str().unwrap(),
+        "--out",
+        f.root.join("r2").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`service`") && err.contains("other"), "{err}");
+    assert!(!f.root.join("r2").exists());
+}
