@@ -287,6 +287,36 @@ fn convert_train_and_sample_with_every_location_on_s3() {
     );
     assert!(!again.status.success());
     assert_eq!(s3_json(&out, "_sample.json")["synthetic_rows"], 4800);
+
+    // eval reads all three inputs from S3 and writes its report there.
+    let report_url = format!("s3://{BUCKET}/out/report");
+    run_env_ok(
+        &[
+            "eval",
+            "--train",
+            &data_url,
+            "--test",
+            &data_url,
+            "--synthetic",
+            &out_url,
+            "--out",
+            &report_url,
+            "--seeds",
+            "1",
+            "--detectors",
+            "gbt",
+            "--sample-rows",
+            "400",
+        ],
+        &env,
+    );
+    let report_loc = open("out/report");
+    let report = s3_json(&report_loc, "report.json");
+    assert_eq!(report["inputs"]["synthetic"]["rows"], 4800);
+    assert_eq!(report["inputs"]["synthetic"]["url"], out_url.as_str());
+    let names = s3_names(&report_loc);
+    assert!(names.iter().any(|n| n.ends_with("report.html")), "{names:?}");
+    assert!(names.iter().filter(|n| n.ends_with(".png")).count() > 10, "{names:?}");
 }
 
 /// A bucket that does not exist is an error naming the URL (not a hang, not a silent success).
