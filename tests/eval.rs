@@ -9,6 +9,8 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
+use std::process::Output;
+
 use common::{data_dir, json, run, run_ok};
 use serde_json::Value;
 
@@ -58,8 +60,38 @@ fn fixture() -> Fixture {
     }
 }
 
+/// `flowsynth eval` of `synthetic` against the fixture's splits, writing to `out`.
+fn eval(f: &Fixture, synthetic: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "eval",
+        "--train",
+        &f.train,
+        "--test",
+        &f.test,
+        "--synthetic",
+        synthetic,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// As [`eval`], which must succeed; returns stdout.
+fn eval_ok(f: &Fixture, synthetic: &str, out: &Path, extra: &[&str]) -> String {
+    let res = eval(f, synthetic, out, extra);
+    assert!(
+        res.status.success(),
+        "eval {extra:?} failed:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
 fn unit(v: &Value, what: &str) -> f64 {
-    let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
     assert!((0.0..=1.0).contains(&x), "{what} = {x} outside [0, 1]");
     x
 }
@@ -68,21 +100,12 @@ fn unit(v: &Value, what: &str) -> f64 {
 fn report_holds_every_metric_and_the_page_links_existing_plots() {
     let f = fixture();
     let out = f.root.join("report");
-    let stdout = run_ok(&[
-        "eval",
-        "--train",
-        &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
+    let stdout = eval_ok(
+        &f,
         &f.synthetic,
-        "--out",
-        out.to_str().unwrap(),
-        "--seeds",
-        "2",
-        "--sample-rows",
-        "600",
-    ]);
+        &out,
+        &["--seeds", "2", "--sample-rows", "600"],
+    );
     assert!(stdout.contains("macro-F1"), "{stdout}");
     let r = json(&out.join("report.json"));
     for key in [
@@ -98,7 +121,10 @@ fn report_holds_every_metric_and_the_page_links_existing_plots() {
         "validity",
         "downstream",
     ] {
-        assert!(r.get(key).is_some_and(|v| !v.is_null()), "report.json lacks `{key}`");
+        assert!(
+            r.get(key).is_some_and(|v| !v.is_null()),
+            "report.json lacks `{key}`"
+        );
     }
     // Real rows against other real rows of the same file: close marginals and dependence.
     assert!(unit(&r["shape"], "shape") > 0.85, "{}", r["shape"]);
@@ -119,7 +145,10 @@ fn report_holds_every_metric_and_the_page_links_existing_plots() {
         .count();
     assert!(features >= 30, "{features}");
     assert_eq!(r["columns"].as_array().unwrap().len(), features);
-    assert_eq!(r["pairs"].as_array().unwrap().len(), features * (features - 1) / 2);
+    assert_eq!(
+        r["pairs"].as_array().unwrap().len(),
+        features * (features - 1) / 2
+    );
     // The test slice has attacks the training slice lacks: said in the notes.
     let notes = r["notes"].to_string();
     assert!(notes.contains("absent from training"), "{notes}");
@@ -132,9 +161,15 @@ fn report_holds_every_metric_and_the_page_links_existing_plots() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    assert_eq!(settings, ["real", "real+synthetic", "real+ros", "real+smote"]);
+    assert_eq!(
+        settings,
+        ["real", "real+synthetic", "real+ros", "real+smote"]
+    );
     // Every augmented setting adds the synthetic set's class counts.
-    assert_eq!(d["added_per_class"], r["inputs"]["synthetic"]["class_counts"]);
+    assert_eq!(
+        d["added_per_class"],
+        r["inputs"]["synthetic"]["class_counts"]
+    );
     let detectors = d["detectors"].as_array().unwrap();
     assert_eq!(detectors.len(), 3);
     for det in detectors {
@@ -175,22 +210,18 @@ fn copies_of_the_training_data_are_flagged_by_privacy_metrics() {
     // reference is the whole training slice (the default holdout, the test split, is smaller).
     let holdout = f.root.join("holdout");
     convert_slice(&f.root, "KDDTrain+.txt.gz", 6000, 3000, &holdout);
-    run_ok(&[
-        "eval",
-        "--train",
+    eval_ok(
+        &f,
         &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
-        &f.train,
-        "--out",
-        out.to_str().unwrap(),
-        "--no-downstream",
-        "--sample-rows",
-        "5000",
-        "--holdout",
-        holdout.to_str().unwrap(),
-    ]);
+        &out,
+        &[
+            "--no-downstream",
+            "--sample-rows",
+            "5000",
+            "--holdout",
+            holdout.to_str().unwrap(),
+        ],
+    );
     let r = json(&out.join("report.json"));
     assert_eq!(r["shape"], 1.0);
     assert_eq!(r["trend"], 1.0);
@@ -198,7 +229,11 @@ fn copies_of_the_training_data_are_flagged_by_privacy_metrics() {
     // Every synthetic row is a training row: none is authentic, and nearly all sit closer to
     // the training data than to the holdout.
     assert_eq!(r["authenticity"], 0.0);
-    assert!(r["dcr"]["share_closer_to_train"].as_f64().unwrap() > 0.9, "{}", r["dcr"]);
+    assert!(
+        r["dcr"]["share_closer_to_train"].as_f64().unwrap() > 0.9,
+        "{}",
+        r["dcr"]
+    );
     assert_eq!(r["dcr"]["median_dcr_train"], 0.0);
     assert!(r["dcr"]["holdout"].as_str().unwrap().contains("holdout"));
     assert!(r["downstream"].is_null());
@@ -208,54 +243,54 @@ fn copies_of_the_training_data_are_flagged_by_privacy_metrics() {
 fn augment_only_keeps_the_named_classes_and_rejects_unknown_ones() {
     let f = fixture();
     let out = f.root.join("rare");
-    let bad = run(&[
-        "eval",
-        "--train",
-        &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
+    let bad = eval(
+        &f,
         &f.synthetic,
-        "--out",
-        out.to_str().unwrap(),
-        "--augment-only",
-        "satan,no_such_attack",
-    ]);
+        &out,
+        &["--augment-only", "satan,no_such_attack"],
+    );
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("no_such_attack"), "{err}");
-    assert!(!out.exists(), "a failed eval must not leave a report behind");
+    assert!(
+        !out.exists(),
+        "a failed eval must not leave a report behind"
+    );
 
-    run_ok(&[
-        "eval",
-        "--train",
-        &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
+    eval_ok(
+        &f,
         &f.synthetic,
-        "--out",
-        out.to_str().unwrap(),
-        "--augment-only",
-        "satan, portsweep",
-        "--seeds",
-        "1",
-        "--detectors",
-        "rf,mlp",
-        "--sample-rows",
-        "300",
-    ]);
+        &out,
+        &[
+            "--augment-only",
+            "satan, portsweep",
+            "--seeds",
+            "1",
+            "--detectors",
+            "rf,mlp",
+            "--sample-rows",
+            "300",
+        ],
+    );
     let r = json(&out.join("report.json"));
-    let counts = r["inputs"]["synthetic"]["class_counts"].as_object().unwrap();
+    let counts = r["inputs"]["synthetic"]["class_counts"]
+        .as_object()
+        .unwrap();
     let classes: Vec<&String> = counts.keys().collect();
     assert_eq!(classes, ["portsweep", "satan"]);
-    assert_eq!(r["downstream"]["added_per_class"], r["inputs"]["synthetic"]["class_counts"]);
+    assert_eq!(
+        r["downstream"]["added_per_class"],
+        r["inputs"]["synthetic"]["class_counts"]
+    );
     assert_eq!(r["downstream"]["detectors"].as_array().unwrap().len(), 2);
     // Constraints come from all training rows: a value valid elsewhere in the data is not made
     // invalid by the few real rows of the kept classes.
     let valid = r["validity"]["share_valid_rows"].as_f64().unwrap();
     assert!(valid > 0.95, "{valid}");
-    assert_eq!(r["inputs"]["augment_only"], serde_json::json!(["satan", "portsweep"]));
+    assert_eq!(
+        r["inputs"]["augment_only"],
+        serde_json::json!(["satan", "portsweep"])
+    );
 }
 
 #[test]
@@ -264,24 +299,21 @@ fn bad_inputs_fail_with_the_dataset_and_column_named() {
     // Not a dataset at all.
     let empty = f.root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = run(&[
-        "eval",
-        "--train",
-        &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
-        empty.to_str().unwrap(),
-        "--out",
-        f.root.join("r1").to_str().unwrap(),
-    ]);
+    let out = eval(&f, empty.to_str().unwrap(), &f.root.join("r1"), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a flowsynth dataset") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("not a flowsynth dataset") && err.contains("empty"),
+        "{err}"
+    );
 
     // A dataset with other columns: the missing one is named.
     let csv = f.root.join("other.csv");
-    std::fs::write(&csv, "duration,protocol_type,label\n1,tcp,normal\n2,udp,neptune\n").unwrap();
+    std::fs::write(
+        &csv,
+        "duration,protocol_type,label\n1,tcp,normal\n2,udp,neptune\n",
+    )
+    .unwrap();
     let other = f.root.join("other");
     run_ok(&[
         "convert",
@@ -291,17 +323,7 @@ fn bad_inputs_fail_with_the_dataset_and_column_named() {
         "--out",
         other.to_str().unwrap(),
     ]);
-    let out = run(&[
-        "eval",
-        "--train",
-        &f.train,
-        "--test",
-        &f.test,
-        "--synthetic",
-        other.to_str().unwrap(),
-        "--out",
-        f.root.join("r2").to_str().unwrap(),
-    ]);
+    let out = eval(&f, other.to_str().unwrap(), &f.root.join("r2"), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`service`") && err.contains("other"), "{err}");

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 
 use crate::frame::Matrix;
 use crate::report::Detection;
+use crate::stats::mean_std;
 
 /// Newton iterations at most; the fit stops earlier when the step is tiny.
 const MAX_ITER: usize = 50;
@@ -173,14 +174,9 @@ pub fn roc_auc(scores: &[f64], y: &[u8]) -> f64 {
 
 /// Standardises the columns of `m` in place (constant columns become 0).
 fn standardize(m: &mut Matrix) {
-    let n = m.rows.max(1) as f64;
     for j in 0..m.cols {
-        let mean: f64 = (0..m.rows).map(|i| m.data[i * m.cols + j] as f64).sum::<f64>() / n;
-        let var: f64 = (0..m.rows)
-            .map(|i| (m.data[i * m.cols + j] as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
+        let (mean, sd) = mean_std((0..m.rows).map(|i| m.data[i * m.cols + j] as f64));
+        let sd = if sd > 0.0 { sd } else { 1.0 };
         for i in 0..m.rows {
             let v = &mut m.data[i * m.cols + j];
             *v = ((*v as f64 - mean) / sd) as f32;
@@ -226,7 +222,10 @@ pub fn logistic_detection(real: &Matrix, synthetic: &Matrix, folds: usize, seed:
     let score = if aucs.is_empty() {
         f64::NAN
     } else {
-        aucs.iter().map(|&a| 1.0 - (2.0 * a.max(0.5) - 1.0)).sum::<f64>() / aucs.len() as f64
+        aucs.iter()
+            .map(|&a| 1.0 - (2.0 * a.max(0.5) - 1.0))
+            .sum::<f64>()
+            / aucs.len() as f64
     };
     Detection {
         score,
@@ -285,7 +284,9 @@ mod tests {
         let real = col(&(0..300).map(|i| (i % 50) as f32).collect::<Vec<_>>());
         let d = logistic_detection(&real, &real, 3, 1);
         assert!(d.score > 0.9, "{d:?}");
-        let far = col(&(0..300).map(|i| 1000.0 + (i % 50) as f32).collect::<Vec<_>>());
+        let far = col(&(0..300)
+            .map(|i| 1000.0 + (i % 50) as f32)
+            .collect::<Vec<_>>());
         let d = logistic_detection(&real, &far, 3, 1);
         assert_eq!(d.score, 0.0, "{d:?}");
         assert_eq!(d.auc_per_fold.len(), 3);

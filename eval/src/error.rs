@@ -9,7 +9,9 @@ pub enum Error {
     /// Reading a dataset or writing the report through the object store.
     #[error(transparent)]
     Store(#[from] flowsynth_common::Error),
-    #[error("{location}: not a flowsynth dataset (neither dataset.json from `convert` nor _sample.json from `sample` is there)")]
+    #[error(
+        "{location}: not a flowsynth dataset (neither dataset.json from `convert` nor _sample.json from `sample` is there)"
+    )]
     NotADataset { location: String },
     #[error("{location}: cannot parse {file}: {source}")]
     Manifest {
@@ -44,7 +46,9 @@ pub enum Error {
     },
     #[error("{dataset} has no rows{detail}")]
     Empty { dataset: String, detail: String },
-    #[error("--augment-only names class `{class}`, which the synthetic data does not have (it has: {available})")]
+    #[error(
+        "--augment-only names class `{class}`, which the synthetic data does not have (it has: {available})"
+    )]
     UnknownClass { class: String, available: String },
     #[error("invalid option: {0}")]
     Config(String),

@@ -289,9 +289,15 @@ mod tests {
     fn ks_hand_computed() {
         // a = {1,2,3,4}, b = {3,4,5,6}: after x = 2, F_a = 2/4 and F_b = 0 -> D = 0.5;
         // after x = 3: 3/4 vs 1/4 -> 0.5; after 4: 1 vs 2/4 -> 0.5. D = 0.5.
-        assert!(close(ks_statistic(&[1.0, 2.0, 3.0, 4.0], &[3.0, 4.0, 5.0, 6.0]), 0.5));
+        assert!(close(
+            ks_statistic(&[1.0, 2.0, 3.0, 4.0], &[3.0, 4.0, 5.0, 6.0]),
+            0.5
+        ));
         // Ties across samples: a = {0,0,0,1}, b = {0,1,1,1}: at x = 0 F_a = 3/4, F_b = 1/4.
-        assert!(close(ks_statistic(&[0.0, 0.0, 0.0, 1.0], &[0.0, 1.0, 1.0, 1.0]), 0.5));
+        assert!(close(
+            ks_statistic(&[0.0, 0.0, 0.0, 1.0], &[0.0, 1.0, 1.0, 1.0]),
+            0.5
+        ));
         // Different sizes: a = {1,2,3}, b = {2}: at x = 1 F_a = 1/3, F_b = 0; at x = 2
         // 2/3 vs 1 -> 1/3; at x = 3 1 vs 1. D = 1/3.
         assert!(close(ks_statistic(&[3.0, 1.0, 2.0], &[2.0]), 1.0 / 3.0));
@@ -350,24 +356,10 @@ mod tests {
     fn schema() -> Schema {
         Schema {
             columns: vec![
-                ColumnSpec {
-                    name: "x".into(),
-                    kind: Kind::Numeric { integer: false },
-                },
-                ColumnSpec {
-                    name: "y".into(),
-                    kind: Kind::Numeric { integer: false },
-                },
-                ColumnSpec {
-                    name: "c".into(),
-                    kind: Kind::Numeric { integer: true },
-                },
-                ColumnSpec {
-                    name: "p".into(),
-                    kind: Kind::Categorical {
-                        vocabulary: vec!["tcp".into(), "udp".into()],
-                    },
-                },
+                ColumnSpec::numeric("x", false),
+                ColumnSpec::numeric("y", false),
+                ColumnSpec::numeric("c", true),
+                ColumnSpec::categorical("p", &["tcp", "udp"]),
             ],
             label: "label".into(),
             classes: vec!["a".into()],

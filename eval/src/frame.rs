@@ -4,7 +4,9 @@
 //! training file lacks) code the same string differently in their own manifests; here a code means
 //! the same value in every frame.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::stats::mean_std;
 
 /// What a feature column holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +26,22 @@ pub struct ColumnSpec {
 }
 
 impl ColumnSpec {
+    pub fn numeric(name: impl Into<String>, integer: bool) -> Self {
+        ColumnSpec {
+            name: name.into(),
+            kind: Kind::Numeric { integer },
+        }
+    }
+
+    pub fn categorical(name: impl Into<String>, vocabulary: &[&str]) -> Self {
+        ColumnSpec {
+            name: name.into(),
+            kind: Kind::Categorical {
+                vocabulary: vocabulary.iter().map(|v| v.to_string()).collect(),
+            },
+        }
+    }
+
     pub fn is_numeric(&self) -> bool {
         matches!(self.kind, Kind::Numeric { .. })
     }
@@ -41,7 +59,12 @@ pub struct Schema {
 
 impl Schema {
     /// Code of `value` in categorical column `col`, added to the vocabulary when new.
-    pub(crate) fn code(&mut self, lookup: &mut [HashMap<String, u32>], col: usize, value: &str) -> u32 {
+    pub(crate) fn code(
+        &mut self,
+        lookup: &mut [HashMap<String, u32>],
+        col: usize,
+        value: &str,
+    ) -> u32 {
         if let Some(&c) = lookup[col].get(value) {
             return c;
         }
@@ -57,6 +80,16 @@ impl Schema {
     /// Index of the class named `name`.
     pub fn class_index(&self, name: &str) -> Option<usize> {
         self.classes.iter().position(|c| c == name)
+    }
+
+    /// Class name -> count for the classes with a non-zero count in `counts` (indexed by code).
+    pub fn named_counts(&self, counts: &[usize]) -> BTreeMap<String, usize> {
+        counts
+            .iter()
+            .zip(&self.classes)
+            .filter(|(n, _)| **n > 0)
+            .map(|(&n, name)| (name.clone(), n))
+            .collect()
     }
 
     pub fn numeric_columns(&self) -> impl Iterator<Item = usize> + '_ {
@@ -172,6 +205,17 @@ impl Frame {
             }
         }
         counts
+    }
+
+    /// Row indices per class code (length `n_classes`; codes beyond it are left out).
+    pub fn rows_by_class(&self, n_classes: usize) -> Vec<Vec<usize>> {
+        let mut rows = vec![Vec::new(); n_classes];
+        for (i, &c) in self.labels.iter().enumerate() {
+            if let Some(r) = rows.get_mut(c as usize) {
+                r.push(i);
+            }
+        }
+        rows
     }
 
     /// Indices of the rows whose class is in `keep` (a mask over class codes).
@@ -325,12 +369,7 @@ fn fit_affine(scaling: Scaling, x: &[f64]) -> (f64, f64) {
             let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             (min, max - min)
         }
-        Scaling::Standard | Scaling::LogStandard => {
-            let n = x.len() as f64;
-            let mean = x.iter().sum::<f64>() / n;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-            (mean, var.sqrt())
-        }
+        Scaling::Standard | Scaling::LogStandard => mean_std(x.iter().copied()),
     };
     if scale > 0.0 && scale.is_finite() {
         (offset, scale)
@@ -369,16 +408,8 @@ mod tests {
     fn schema() -> Schema {
         Schema {
             columns: vec![
-                ColumnSpec {
-                    name: "bytes".into(),
-                    kind: Kind::Numeric { integer: true },
-                },
-                ColumnSpec {
-                    name: "proto".into(),
-                    kind: Kind::Categorical {
-                        vocabulary: vec!["tcp".into(), "udp".into()],
-                    },
-                },
+                ColumnSpec::numeric("bytes", true),
+                ColumnSpec::categorical("proto", &["tcp", "udp"]),
             ],
             label: "label".into(),
             classes: vec!["normal".into(), "attack".into()],
@@ -408,7 +439,10 @@ mod tests {
     fn constant_column_encodes_to_zero() {
         let s = schema();
         let f = Frame {
-            columns: vec![Values::Numeric(vec![3.0, 3.0]), Values::Categorical(vec![0, 0])],
+            columns: vec![
+                Values::Numeric(vec![3.0, 3.0]),
+                Values::Categorical(vec![0, 0]),
+            ],
             labels: vec![0, 0],
         };
         let m = Encoder::fit(&s, &f, Scaling::Standard).encode(&f);

@@ -18,6 +18,7 @@ pub mod quality;
 pub mod render;
 pub mod report;
 pub mod run;
+pub mod stats;
 pub mod validity;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 //! role takes the generated rows and the real roles take the copied real rows, so
 //! `--synthetic augmented/` works whether or not the sampling job appended the real data.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
@@ -13,8 +14,8 @@ use arrow_array::types::{Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use flowsynth_common::manifest::{
-    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, MANIFEST_NAME, SAMPLE_MANIFEST_NAME,
-    SYNTHETIC_COLUMN, SampleManifest,
+    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, MANIFEST_NAME,
+    SAMPLE_MANIFEST_NAME, SYNTHETIC_COLUMN, SampleManifest,
 };
 use flowsynth_common::store::{Location, block_on};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -208,33 +209,36 @@ fn check_columns(schema: &Schema, d: &Described, dataset: &str) -> Result<()> {
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, location: &str) -> Result<&'a ArrayRef> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Parquet {
-            location: location.into(),
-            reason: format!("column `{name}` (from the manifest) is missing"),
-        })
+    batch.column_by_name(name).ok_or_else(|| Error::Parquet {
+        location: location.into(),
+        reason: format!("column `{name}` (from the manifest) is missing"),
+    })
 }
 
 /// The value at `i` of a string-like or integer column, as text.
-fn text_at(array: &ArrayRef, i: usize) -> Option<String> {
+/// Borrowed for string columns, so coding a categorical value allocates nothing.
+fn text_at(array: &ArrayRef, i: usize) -> Option<Cow<'_, str>> {
     if array.is_null(i) {
         return None;
     }
     match array.data_type() {
-        DataType::Utf8 => Some(array.as_string::<i32>().value(i).to_string()),
-        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i).to_string()),
-        DataType::Utf8View => Some(array.as_string_view().value(i).to_string()),
-        DataType::Int64 => Some(array.as_primitive::<Int64Type>().value(i).to_string()),
-        DataType::Int32 => Some(array.as_primitive::<Int32Type>().value(i).to_string()),
+        DataType::Utf8 => Some(Cow::Borrowed(array.as_string::<i32>().value(i))),
+        DataType::LargeUtf8 => Some(Cow::Borrowed(array.as_string::<i64>().value(i))),
+        DataType::Utf8View => Some(Cow::Borrowed(array.as_string_view().value(i))),
+        DataType::Int64 => Some(Cow::Owned(
+            array.as_primitive::<Int64Type>().value(i).to_string(),
+        )),
+        DataType::Int32 => Some(Cow::Owned(
+            array.as_primitive::<Int32Type>().value(i).to_string(),
+        )),
         DataType::Float64 => {
             // A category stored as a float in one dataset and as an integer in another.
             let v = array.as_primitive::<Float64Type>().value(i);
-            Some(if v.fract() == 0.0 && v.abs() < 9e15 {
+            Some(Cow::Owned(if v.fract() == 0.0 && v.abs() < 9e15 {
                 format!("{}", v as i64)
             } else {
                 v.to_string()
-            })
+            }))
         }
         _ => None,
     }
@@ -423,20 +427,32 @@ fn constant_notes(schema: &Schema, d: &Described, dataset: &str, notes: &mut Vec
     }
 }
 
+impl Datasets {
+    /// Loads one more real dataset (a `--holdout`) against the schema, which grows by the values
+    /// and classes it brings; the frames already loaded keep valid codes.
+    pub fn load_real(&mut self, url: &str) -> Result<Frame> {
+        let (loc, d) = open(url)?;
+        check_columns(&self.schema, &d, url)?;
+        constant_notes(&self.schema, &d, url, &mut self.notes);
+        let mut coder = Coder::new(&self.schema);
+        let frame = read_frame(&loc, &d, Role::Real, &mut self.schema, &mut coder)?;
+        if frame.rows() == 0 {
+            return Err(Error::Empty {
+                dataset: url.into(),
+                detail: " (holdout)".into(),
+            });
+        }
+        Ok(frame)
+    }
+}
+
 /// Loads and aligns `--train`, `--test` and `--synthetic`.
 pub fn load_all(train: &str, test: &str, synthetic: &str) -> Result<Datasets> {
     let (train_loc, train_d) = open(train)?;
     let mut schema = schema_of(&train_d);
     let mut coder = Coder::new(&schema);
     let mut notes = Vec::new();
-    let known_vocab: Vec<usize> = schema
-        .columns
-        .iter()
-        .map(|c| match &c.kind {
-            Kind::Categorical { vocabulary } => vocabulary.len(),
-            Kind::Numeric { .. } => 0,
-        })
-        .collect();
+    let known_vocab = vocab_sizes(&schema);
     let known_classes = schema.classes.len();
 
     let train_frame = read_frame(&train_loc, &train_d, Role::Real, &mut schema, &mut coder)?;
@@ -456,7 +472,7 @@ pub fn load_all(train: &str, test: &str, synthetic: &str) -> Result<Datasets> {
             detail: " (test data)".into(),
         });
     }
-    let after_test_vocab: Vec<usize> = vocab_sizes(&schema);
+    let after_test_vocab = vocab_sizes(&schema);
     let after_test_classes = schema.classes.len();
 
     let (syn_loc, syn_d) = open(synthetic)?;

@@ -7,38 +7,13 @@
 
 use crate::frame::{Frame, Kind, Matrix, Schema, Values};
 use crate::report::{Dcr, QualityCurves};
+use crate::stats::{par_map, quantile_sorted};
 
 /// Number of alpha levels of the precision / recall curves (synthcity uses 30).
 pub const ALPHA_STEPS: usize = 30;
 
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-/// Runs `f(i)` for `i in 0..n` on up to `threads` threads and collects the results in order.
-pub fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, n.max(1));
-    let chunk = n.div_ceil(threads).max(1);
-    let mut out: Vec<T> = Vec::with_capacity(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let f = &f;
-                s.spawn(move || {
-                    let lo = (t * chunk).min(n);
-                    let hi = ((t + 1) * chunk).min(n);
-                    (lo..hi).map(f).collect::<Vec<T>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            match h.join() {
-                Ok(part) => out.extend(part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-    });
-    out
 }
 
 /// For each row of `queries`: (Euclidean distance, index) of its nearest row in `points`,
@@ -63,17 +38,6 @@ pub fn nearest(
         }
         ((best.0 as f64).sqrt(), best.1)
     })
-}
-
-/// numpy's default (linear) quantile of `sorted` at `q` in [0, 1].
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 fn mean_row(m: &Matrix) -> Vec<f64> {
@@ -159,9 +123,12 @@ pub fn alpha_beta_authenticity(real: &Matrix, synthetic: &Matrix, threads: usize
     let mut precision_curve = Vec::with_capacity(ALPHA_STEPS);
     let mut recall_curve = Vec::with_capacity(ALPHA_STEPS);
     for k in 0..ALPHA_STEPS {
-        precision_curve.push(synth_to_center.iter().filter(|&&d| d <= radii[k]).count() as f64 / ns);
+        precision_curve
+            .push(synth_to_center.iter().filter(|&&d| d <= radii[k]).count() as f64 / ns);
         let covered = (0..real.rows)
-            .filter(|&i| real_to_synth[i].0 <= real_to_real[i] && closest_synth_d[i] <= closest_radii[k])
+            .filter(|&i| {
+                real_to_synth[i].0 <= real_to_real[i] && closest_synth_d[i] <= closest_radii[k]
+            })
             .count();
         recall_curve.push(covered as f64 / nr);
     }
@@ -340,16 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_match_numpy_linear() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(quantile_sorted(&v, 0.0), 1.0);
-        assert_eq!(quantile_sorted(&v, 1.0), 4.0);
-        // numpy.quantile([1,2,3,4], 0.5) = 2.5; 0.25 -> 1.75.
-        assert_eq!(quantile_sorted(&v, 0.5), 2.5);
-        assert_eq!(quantile_sorted(&v, 0.25), 1.75);
-    }
-
-    #[test]
     fn far_away_synthetic_data_has_no_precision_no_recall_full_authenticity() {
         let real = m(&[&[0.0, 0.0], &[0.1, 0.0], &[0.0, 0.1], &[0.1, 0.1]]);
         let syn = m(&[&[5.0, 5.0], &[5.1, 5.0], &[5.0, 5.1], &[5.1, 5.1]]);
@@ -392,16 +349,8 @@ mod tests {
     fn schema() -> Schema {
         Schema {
             columns: vec![
-                ColumnSpec {
-                    name: "x".into(),
-                    kind: Kind::Numeric { integer: false },
-                },
-                ColumnSpec {
-                    name: "p".into(),
-                    kind: Kind::Categorical {
-                        vocabulary: vec!["a".into(), "b".into()],
-                    },
-                },
+                ColumnSpec::numeric("x", false),
+                ColumnSpec::categorical("p", &["a", "b"]),
             ],
             label: "label".into(),
             classes: vec!["c".into()],

@@ -73,15 +73,6 @@ pub struct Evaluation {
     pub synthetic: Frame,
 }
 
-fn class_counts(schema: &Schema, f: &Frame) -> BTreeMap<String, usize> {
-    f.class_counts(schema.classes.len())
-        .into_iter()
-        .enumerate()
-        .filter(|(_, n)| *n > 0)
-        .map(|(c, n)| (schema.classes[c].clone(), n))
-        .collect()
-}
-
 /// A uniform subsample of at most `max` rows (all rows, in order, when there are fewer).
 fn subsample(f: &Frame, max: usize, seed: u64) -> Frame {
     if f.rows() <= max {
@@ -112,18 +103,22 @@ fn matched(f: &Frame, target_counts: &[usize], total: usize, seed: u64) -> Frame
     let sum = target_counts.iter().sum::<usize>().max(1) as f64;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut idx = Vec::new();
-    for (c, &n) in target_counts.iter().enumerate() {
+    for (&n, rows) in target_counts
+        .iter()
+        .zip(f.rows_by_class(target_counts.len()))
+    {
         if n == 0 {
             continue;
         }
-        let mut mask = vec![false; target_counts.len()];
-        mask[c] = true;
-        let rows = f.rows_of_classes(&mask);
         let want = ((total as f64 * n as f64 / sum).round() as usize).clamp(1, rows.len().max(1));
         if rows.len() <= want {
             idx.extend(rows);
         } else {
-            idx.extend(sample(&mut rng, rows.len(), want).into_iter().map(|k| rows[k]));
+            idx.extend(
+                sample(&mut rng, rows.len(), want)
+                    .into_iter()
+                    .map(|k| rows[k]),
+            );
         }
     }
     idx.sort_unstable();
@@ -141,12 +136,7 @@ fn restrict(schema: &Schema, synthetic: &Frame, classes: &[String]) -> Result<Fr
         match schema.class_index(name) {
             Some(c) if counts[c] > 0 => keep[c] = true,
             _ => {
-                let available: Vec<&str> = counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(c, _)| schema.classes[c].as_str())
-                    .collect();
+                let available: Vec<String> = schema.named_counts(&counts).into_keys().collect();
                 return Err(Error::UnknownClass {
                     class: name.clone(),
                     available: available.join(", "),
@@ -158,7 +148,12 @@ fn restrict(schema: &Schema, synthetic: &Frame, classes: &[String]) -> Result<Fr
 }
 
 /// Runs every stage and returns the report (nothing is written yet).
-pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) -> Result<Evaluation> {
+pub fn evaluate(
+    train: &str,
+    test: &str,
+    synthetic: &str,
+    opts: &EvalOptions,
+) -> Result<Evaluation> {
     if opts.sample_rows < 10 {
         return Err(Error::Config(format!(
             "--sample-rows {} is too small (at least 10)",
@@ -168,7 +163,31 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
     let mut timings = BTreeMap::new();
     let mut notes = Vec::new();
     let t = Instant::now();
-    let datasets = load_all(train, test, synthetic)?;
+    let mut datasets = load_all(train, test, synthetic)?;
+    // The DCR holdout, when given, is read once here against the same schema.
+    let holdout = match &opts.holdout {
+        Some(url) => {
+            let before = (
+                datasets.schema.columns.clone(),
+                datasets.schema.classes.len(),
+            );
+            let frame = datasets.load_real(url)?;
+            if before
+                != (
+                    datasets.schema.columns.clone(),
+                    datasets.schema.classes.len(),
+                )
+            {
+                notes.push(
+                    "the holdout has categories or classes the test split lacks; DCR codes them \
+                     as distinct values"
+                        .into(),
+                );
+            }
+            Some((frame, format!("holdout {url}")))
+        }
+        None => None,
+    };
     timings.insert("load".into(), t.elapsed().as_secs_f64());
     notes.extend(datasets.notes.iter().cloned());
     let schema = &datasets.schema;
@@ -204,7 +223,12 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
     // the real reference is drawn per class in the synthetic set's proportions.
     let mix_tv = class_tv(&reference.class_counts(schema.classes.len()), &syn_counts);
     let reference = if mix_tv > 0.01 {
-        let matched = matched(&reference, &syn_counts, reference.rows(), opts.seed.wrapping_add(4));
+        let matched = matched(
+            &reference,
+            &syn_counts,
+            reference.rows(),
+            opts.seed.wrapping_add(4),
+        );
         let realised = class_tv(&matched.class_counts(schema.classes.len()), &syn_counts);
         notes.push(format!(
             "the synthetic class mix differs from the real one (total variation {mix_tv:.2}); the \
@@ -259,31 +283,18 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
         opts.seed,
     );
     timings.insert("detection".into(), t.elapsed().as_secs_f64());
-    tracing::info!(detection = det.score, alpha = q.alpha_precision, beta = q.beta_recall, "quality");
+    tracing::info!(
+        detection = det.score,
+        alpha = q.alpha_precision,
+        beta = q.beta_recall,
+        "quality"
+    );
 
     // DCR against a holdout the generator never saw, of the same classes and size.
     let t = Instant::now();
-    let (holdout, holdout_name) = match &opts.holdout {
-        Some(url) => {
-            let extra = load_all(train, url, synthetic).map_err(|e| match e {
-                Error::Empty { .. } => Error::Empty {
-                    dataset: url.clone(),
-                    detail: " (holdout)".into(),
-                },
-                other => other,
-            })?;
-            if extra.schema.classes != datasets.schema.classes
-                || extra.schema.columns != datasets.schema.columns
-            {
-                notes.push(
-                    "the holdout has categories or classes the test split lacks; DCR codes them \
-                     as distinct values"
-                        .into(),
-                );
-            }
-            (extra.test, format!("holdout {url}"))
-        }
-        None => (datasets.test.clone(), "test split".to_string()),
+    let (holdout, holdout_name) = match &holdout {
+        Some((frame, name)) => (frame, name.clone()),
+        None => (&datasets.test, "test split".to_string()),
     };
     let holdout = holdout.select(&holdout.rows_of_classes(&in_synthetic));
     let dcr = if holdout.rows() == 0 {
@@ -304,7 +315,14 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
                     .into(),
             );
         }
-        Some(quality::dcr(schema, &tr, &ho, &syn_s, &holdout_name, opts.threads))
+        Some(quality::dcr(
+            schema,
+            &tr,
+            &ho,
+            &syn_s,
+            &holdout_name,
+            opts.threads,
+        ))
     };
     timings.insert("dcr".into(), t.elapsed().as_secs_f64());
 
@@ -312,7 +330,13 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
         None
     } else {
         let t = Instant::now();
-        let d = downstream::run(schema, &datasets.train, &datasets.test, &syn, &opts.downstream)?;
+        let d = downstream::run(
+            schema,
+            &datasets.train,
+            &datasets.test,
+            &syn,
+            &opts.downstream,
+        )?;
         timings.insert("downstream".into(), t.elapsed().as_secs_f64());
         notes.extend(d.notes);
         Some(d.downstream)
@@ -321,7 +345,7 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
     let info = |url: &str, f: &Frame| DatasetInfo {
         url: url.to_string(),
         rows: f.rows(),
-        class_counts: class_counts(schema, f),
+        class_counts: schema.named_counts(&f.class_counts(schema.classes.len())),
     };
     let report = Report {
         format_version: REPORT_FORMAT_VERSION,
@@ -330,7 +354,11 @@ pub fn evaluate(train: &str, test: &str, synthetic: &str, opts: &EvalOptions) ->
             test: info(test, &datasets.test),
             synthetic: info(synthetic, &syn),
             augment_only: opts.augment_only.clone(),
-            seeds: if opts.skip_downstream { 0 } else { opts.downstream.seeds },
+            seeds: if opts.skip_downstream {
+                0
+            } else {
+                opts.downstream.seeds
+            },
             label_column: schema.label.clone(),
         },
         shape: fid.shape,

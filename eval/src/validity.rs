@@ -218,10 +218,7 @@ fn shares(checks: &[Check], f: &Frame) -> (Vec<f64>, f64) {
         }
     }
     let d = n.max(1) as f64;
-    (
-        per.iter().map(|&c| c as f64 / d).collect(),
-        all as f64 / d,
-    )
+    (per.iter().map(|&c| c as f64 / d).collect(), all as f64 / d)
 }
 
 /// Infers the constraints from `real` and measures them on `synthetic` (and on `real`).
@@ -249,10 +246,7 @@ mod tests {
     use crate::frame::ColumnSpec;
 
     fn num(name: &str) -> ColumnSpec {
-        ColumnSpec {
-            name: name.into(),
-            kind: Kind::Numeric { integer: false },
-        }
+        ColumnSpec::numeric(name, false)
     }
 
     #[test]
@@ -269,7 +263,10 @@ mod tests {
             group_token("Min Packet Length"),
             Some(("* packet length".into(), 0))
         );
-        assert_eq!(group_token("Avg Packet Size"), Some(("* packet size".into(), 1)));
+        assert_eq!(
+            group_token("Avg Packet Size"),
+            Some(("* packet size".into(), 1))
+        );
         assert_eq!(group_token("duration"), None);
         assert_eq!(group_token("min max"), None);
         // "minute" is not the token "min".
@@ -287,12 +284,7 @@ mod tests {
                 num("Len Mean"),
                 num("Len Max"),
                 num("temperature"),
-                ColumnSpec {
-                    name: "proto".into(),
-                    kind: Kind::Categorical {
-                        vocabulary: vec!["tcp".into(), "udp".into(), "icmp".into()],
-                    },
-                },
+                ColumnSpec::categorical("proto", &["tcp", "udp", "icmp"]),
             ],
             label: "label".into(),
             classes: vec!["a".into()],

@@ -12,22 +12,25 @@ const CATS: [&str; 3] = ["a", "b", "c"];
 
 /// The same formulas as `frame()` in the Python script.
 fn frame(n: usize, mx: usize, my: usize, mc: usize, shift: f64) -> Frame {
-    let x: Vec<f64> = (0..n).map(|i| ((i * mx) % 101) as f64 / 10.0 + shift).collect();
+    let x: Vec<f64> = (0..n)
+        .map(|i| ((i * mx) % 101) as f64 / 10.0 + shift)
+        .collect();
     let y: Vec<f64> = (0..n).map(|i| x[i] * 0.5 + ((i * my) % 7) as f64).collect();
     let c: Vec<u32> = (0..n)
         .map(|i| if i % 5 != 0 { ((i * mc) % 3) as u32 } else { 0 })
         .collect();
     Frame {
-        columns: vec![Values::Numeric(x), Values::Numeric(y), Values::Categorical(c)],
+        columns: vec![
+            Values::Numeric(x),
+            Values::Numeric(y),
+            Values::Categorical(c),
+        ],
         labels: vec![0; n],
     }
 }
 
 fn schema() -> Schema {
-    let num = |n: &str| ColumnSpec {
-        name: n.into(),
-        kind: Kind::Numeric { integer: false },
-    };
+    let num = |n: &str| ColumnSpec::numeric(n, false);
     Schema {
         columns: vec![
             num("x"),
@@ -46,7 +49,10 @@ fn schema() -> Schema {
 
 fn assert_close(name: &str, got: Option<f64>, want: f64) {
     let got = got.unwrap_or(f64::NAN);
-    assert!((got - want).abs() < 1e-9, "{name}: got {got}, reference {want}");
+    assert!(
+        (got - want).abs() < 1e-9,
+        "{name}: got {got}, reference {want}"
+    );
 }
 
 #[test]
@@ -54,7 +60,12 @@ fn fidelity_metrics_match_sdmetrics() {
     let real = frame(40, 37, 13, 7, 0.0);
     let syn = frame(30, 41, 11, 5, 0.73);
     let f = fidelity::evaluate(&schema(), &real, &syn);
-    let col = |n: &str| f.columns.iter().find(|c| c.column == n).and_then(|c| c.score);
+    let col = |n: &str| {
+        f.columns
+            .iter()
+            .find(|c| c.column == n)
+            .and_then(|c| c.score)
+    };
     let pair = |a: &str, b: &str| {
         f.pairs
             .iter()
@@ -64,9 +75,21 @@ fn fidelity_metrics_match_sdmetrics() {
     assert_close("KSComplement x", col("x"), 0.9);
     assert_close("KSComplement y", col("y"), 0.8666666666666667);
     assert_close("TVComplement c", col("c"), 0.9833333333333334);
-    assert_close("CorrelationSimilarity x,y", pair("x", "y"), 0.9856607491509609);
-    assert_close("ContingencySimilarity x,c", pair("x", "c"), 0.6833333333333333);
-    assert_close("ContingencySimilarity y,c", pair("y", "c"), 0.7166666666666667);
+    assert_close(
+        "CorrelationSimilarity x,y",
+        pair("x", "y"),
+        0.9856607491509609,
+    );
+    assert_close(
+        "ContingencySimilarity x,c",
+        pair("x", "c"),
+        0.6833333333333333,
+    );
+    assert_close(
+        "ContingencySimilarity y,c",
+        pair("y", "c"),
+        0.7166666666666667,
+    );
 }
 
 #[test]
@@ -79,7 +102,11 @@ fn alpha_beta_authenticity_match_synthcity_transcription() {
     // agree exactly unless a distance ties a radius or a neighbour gap within rounding; the data
     // are chosen without such ties (a shift of 0.7 instead of 0.73 makes one synthetic row sit
     // exactly at its real neighbour's gap, and f32 and f64 then break the tie differently).
-    assert_close("alpha-precision", Some(q.alpha_precision), 0.9532567049808429);
+    assert_close(
+        "alpha-precision",
+        Some(q.alpha_precision),
+        0.9532567049808429,
+    );
     assert_close("beta-recall", Some(q.beta_recall), 0.7416666666666667);
     assert_close("authenticity", Some(q.authenticity), 0.13333333333333333);
 }

@@ -16,8 +16,9 @@ use smartcore::ensemble::random_forest_classifier::{
 };
 use smartcore::linalg::basic::matrix::DenseMatrix;
 
-use super::{derive_seed, parallel_map};
+use super::derive_seed;
 use crate::frame::Matrix;
+use crate::stats::par_map;
 
 /// Random-forest hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +125,9 @@ pub(crate) fn fit(
             .map(|t| Member::Tree(Box::new(t)))
             .map_err(|e| e.to_string())
     };
-    let members = parallel_map(opts.trees, threads, fit_one)?;
+    let members = par_map(opts.trees, threads, fit_one)
+        .into_iter()
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Forest { members, classes })
 }
 
@@ -139,7 +142,9 @@ impl Forest {
                 Member::Constant(c) => Ok(vec![*c; x.rows]),
             }
         };
-        let per_tree = parallel_map(self.members.len(), threads, votes_of)?;
+        let per_tree = par_map(self.members.len(), threads, votes_of)
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()?;
         let k = self.classes;
         let mut votes = vec![0u32; x.rows * k];
         for pred in &per_tree {

@@ -340,12 +340,7 @@ pub fn run(
     Ok(DownstreamOutput {
         downstream: Downstream {
             settings: SETTINGS.iter().map(|s| s.to_string()).collect(),
-            added_per_class: per_class
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(c, &n)| (schema.classes[c].clone(), n))
-                .collect(),
+            added_per_class: schema.named_counts(&per_class),
             classes: eval_classes.iter().map(|&c| class_name(c)).collect(),
             detectors: detectors_out,
             config,
@@ -597,43 +592,6 @@ pub(crate) fn derive_seed(seed: u64, stream: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// `f(0..n)` on up to `threads` scoped threads, results in index order (so the outcome does not
-/// depend on the thread count).
-pub(crate) fn parallel_map<T: Send>(
-    n: usize,
-    threads: usize,
-    f: impl Fn(usize) -> Result<T, String> + Sync,
-) -> Result<Vec<T>, String> {
-    let threads = threads.clamp(1, n.max(1));
-    let f = &f;
-    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|w| {
-                s.spawn(move || {
-                    (w..n)
-                        .step_by(threads)
-                        .map(|i| f(i).map(|v| (i, v)))
-                        .collect::<Result<Vec<_>, String>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            let done = h
-                .join()
-                .map_err(|_| "a worker thread panicked".to_string())??;
-            for (i, v) in done {
-                slots[i] = Some(v);
-            }
-        }
-        Ok::<(), String>(())
-    })?;
-    slots
-        .into_iter()
-        .map(|s| s.ok_or_else(|| "a work item produced no result".to_string()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use rand::seq::index;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::parallel_map;
 use crate::frame::{Frame, Schema, Values};
+use crate::stats::{mean_std, median, par_map};
 
 /// SMOTE-NC settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,12 +51,7 @@ pub(crate) struct Oversampler<'a> {
 
 impl<'a> Oversampler<'a> {
     pub(crate) fn new(schema: &Schema, train: &'a Frame, opts: &SmoteOptions) -> Self {
-        let mut rows_by_class = vec![Vec::new(); schema.classes.len()];
-        for (i, &c) in train.labels.iter().enumerate() {
-            if let Some(rows) = rows_by_class.get_mut(c as usize) {
-                rows.push(i);
-            }
-        }
+        let rows_by_class = train.rows_by_class(schema.classes.len());
         let numeric: Vec<usize> = schema.numeric_columns().collect();
         let categorical: Vec<usize> = (0..schema.columns.len())
             .filter(|j| !schema.columns[*j].is_numeric())
@@ -177,7 +172,8 @@ impl<'a> Oversampler<'a> {
         let mut stds: Vec<f64> = (0..nn_cols)
             .map(|q| mean_std((0..m).map(|i| z[i * nn_cols + q])).1)
             .collect();
-        let penalty = median(&mut stds).map_or(0.0, |med| med * med / 2.0);
+        let med = median(&mut stds);
+        let penalty = if med.is_nan() { 0.0 } else { med * med / 2.0 };
 
         let neighbours = |b: usize| -> Vec<usize> {
             let zb = &z[b * nn_cols..(b + 1) * nn_cols];
@@ -200,7 +196,9 @@ impl<'a> Oversampler<'a> {
         };
 
         // Draw the base rows first, then search the neighbours of each distinct base once, in
-        // parallel (the search is the cost: pool size x columns per base row).
+        // parallel (the search is the cost: pool size x columns per base row). The categorical
+        // values of a new row depend only on its base's neighbours, so they are settled there
+        // too, once per distinct base.
         let bases: Vec<usize> = (0..n).map(|_| rng.random_range(0..m)).collect();
         let mut distinct = bases.clone();
         distinct.sort_unstable();
@@ -209,12 +207,27 @@ impl<'a> Oversampler<'a> {
         for (i, &b) in distinct.iter().enumerate() {
             slot[b] = i;
         }
-        // The search cannot fail; only a panicking thread could make `parallel_map` return an
-        // error, and then the serial rerun panics the same way.
-        let lists = parallel_map(distinct.len(), threads, |i| Ok(neighbours(distinct[i])))
-            .unwrap_or_else(|_| distinct.iter().map(|&b| neighbours(b)).collect());
+        let searched = par_map(distinct.len(), threads, |i| {
+            let nn = neighbours(distinct[i]);
+            let modes: Vec<u32> = (0..cat_cols)
+                .map(|q| {
+                    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+                    for &p in &nn {
+                        *counts.entry(cats[p * cat_cols + q]).or_default() += 1;
+                    }
+                    // Highest count, lowest code among ties (BTreeMap iterates codes ascending).
+                    counts
+                        .iter()
+                        .fold((0u32, 0usize), |best, (&code, &cnt)| {
+                            if cnt > best.1 { (code, cnt) } else { best }
+                        })
+                        .0
+                })
+                .collect();
+            (nn, modes)
+        });
         for &b in &bases {
-            let nn = &lists[slot[b]];
+            let (nn, modes) = &searched[slot[b]];
             let j = nn[rng.random_range(0..nn.len())];
             let gap: f64 = rng.random();
             let (rb, rj) = (pool[b], pool[j]);
@@ -224,18 +237,7 @@ impl<'a> Oversampler<'a> {
                     v.push(x[rb] + gap * (x[rj] - x[rb]));
                 }
             }
-            for (q, &col) in self.categorical.iter().enumerate() {
-                let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-                for &p in nn.iter() {
-                    *counts.entry(cats[p * cat_cols + q]).or_default() += 1;
-                }
-                // Highest count, lowest code among ties (BTreeMap iterates codes ascending).
-                let mode = counts
-                    .iter()
-                    .fold((0u32, 0usize), |best, (&code, &cnt)| {
-                        if cnt > best.1 { (code, cnt) } else { best }
-                    })
-                    .0;
+            for (&col, &mode) in self.categorical.iter().zip(modes) {
                 if let Values::Categorical(v) = &mut out.columns[col] {
                     v.push(mode);
                 }
@@ -265,56 +267,17 @@ fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// Mean and population standard deviation (numpy's default, which imbalanced-learn uses).
-fn mean_std(x: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
-    let (mut n, mut sum) = (0usize, 0.0);
-    for v in x.clone() {
-        n += 1;
-        sum += v;
-    }
-    if n == 0 {
-        return (0.0, 0.0);
-    }
-    let mean = sum / n as f64;
-    let var = x.map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-    (mean, var.sqrt())
-}
-
-fn median(x: &mut [f64]) -> Option<f64> {
-    if x.is_empty() {
-        return None;
-    }
-    x.sort_unstable_by(f64::total_cmp);
-    let h = x.len() / 2;
-    Some(if x.len() % 2 == 1 {
-        x[h]
-    } else {
-        (x[h - 1] + x[h]) / 2.0
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{ColumnSpec, Kind};
+    use crate::frame::ColumnSpec;
 
     fn schema() -> Schema {
         Schema {
             columns: vec![
-                ColumnSpec {
-                    name: "bytes".into(),
-                    kind: Kind::Numeric { integer: true },
-                },
-                ColumnSpec {
-                    name: "proto".into(),
-                    kind: Kind::Categorical {
-                        vocabulary: vec!["tcp".into(), "udp".into(), "icmp".into()],
-                    },
-                },
-                ColumnSpec {
-                    name: "rate".into(),
-                    kind: Kind::Numeric { integer: false },
-                },
+                ColumnSpec::numeric("bytes", true),
+                ColumnSpec::categorical("proto", &["tcp", "udp", "icmp"]),
+                ColumnSpec::numeric("rate", false),
             ],
             label: "label".into(),
             classes: vec![

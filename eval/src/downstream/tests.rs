@@ -1,23 +1,12 @@
 use super::*;
-use crate::frame::{ColumnSpec, Kind};
+use crate::frame::ColumnSpec;
 
 fn schema() -> Schema {
     Schema {
         columns: vec![
-            ColumnSpec {
-                name: "bytes".into(),
-                kind: Kind::Numeric { integer: true },
-            },
-            ColumnSpec {
-                name: "proto".into(),
-                kind: Kind::Categorical {
-                    vocabulary: vec!["tcp".into(), "udp".into(), "icmp".into()],
-                },
-            },
-            ColumnSpec {
-                name: "rate".into(),
-                kind: Kind::Numeric { integer: false },
-            },
+            ColumnSpec::numeric("bytes", true),
+            ColumnSpec::categorical("proto", &["tcp", "udp", "icmp"]),
+            ColumnSpec::numeric("rate", false),
         ],
         label: "label".into(),
         classes: vec![
