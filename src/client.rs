@@ -36,14 +36,30 @@ fn kind_name(job: &Job) -> &'static str {
     }
 }
 
+/// The last finished epoch's loss; a dash while the stage's first epoch runs (the worker
+/// reports a loss per epoch, and 0 means none yet).
+fn loss_text(p: &flowsynth_proto::Progress) -> String {
+    if p.loss == 0.0 {
+        "loss -".to_string()
+    } else {
+        format!("loss {:.4}", p.loss)
+    }
+}
+
 fn progress_line(job: &Job) -> String {
     let Some(p) = &job.progress else {
         return String::new();
     };
     match p.stage.as_str() {
         "vae" | "diffusion" => format!(
-            "{} epoch {}/{} step {}/{} loss {:.4} {:.0} rows/s",
-            p.stage, p.epoch, p.epochs, p.step, p.steps_per_epoch, p.loss, p.rows_per_second
+            "{} epoch {}/{} step {}/{} {} {:.0} rows/s",
+            p.stage,
+            p.epoch,
+            p.epochs,
+            p.step,
+            p.steps_per_epoch,
+            loss_text(p),
+            p.rows_per_second
         ),
         "sampling" => format!("sampling {}/{} rows", p.rows_done, p.rows_total),
         other => other.to_string(),
@@ -147,8 +163,11 @@ async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job>
                     p.epochs as u64 * p.steps_per_epoch,
                     (p.epoch.saturating_sub(1)) as u64 * p.steps_per_epoch + p.step,
                     format!(
-                        "epoch {}/{} loss {:.4} {:.0} rows/s",
-                        p.epoch, p.epochs, p.loss, p.rows_per_second
+                        "epoch {}/{} {} {:.0} rows/s",
+                        p.epoch,
+                        p.epochs,
+                        loss_text(p),
+                        p.rows_per_second
                     ),
                 ),
                 "sampling" => (p.rows_total, p.rows_done, "rows".to_string()),

@@ -219,36 +219,61 @@ struct SampleJobArgs {
     /// A checkpoints location (its newest committed checkpoint) or one checkpoint directory.
     #[arg(long)]
     checkpoint: String,
-    /// Rows to generate per class, e.g. 'neptune=2000,satan=500'.
-    #[arg(long, default_value = "")]
-    classes: String,
-    /// Output location for Parquet parts, sample.json and _SUCCESS.
+    /// Rows to generate per class, e.g. 'neptune=2000,satan=500' (required unless --with-real
+    /// alone copies the real rows).
+    #[arg(long, required_unless_present = "with_real")]
+    classes: Option<String>,
+    /// Output location for Parquet parts, _sample.json and _SUCCESS.
     #[arg(long)]
     out: String,
+    /// Seed of the generated rows: the same seed, checkpoint and options give the same rows,
+    /// whatever the number of workers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write the real training rows (synthetic = false): the augmented dataset.
     #[arg(long)]
     with_real: bool,
-    /// Sampler steps (default: the checkpoint's config).
-    #[arg(long)]
+    /// Sampler steps, at least 2 (default: the checkpoint's config).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
     steps: Option<u32>,
-    /// Classifier-free guidance scale (default: the checkpoint's config).
+    /// Classifier-free guidance scale, > 0 (default: the checkpoint's config).
     #[arg(long)]
     guidance: Option<f64>,
+    /// How far rows may move from the real rows of their class, in (0, 1]: 1 generates from
+    /// pure noise, lower values start near real rows (default: the checkpoint's config).
+    #[arg(long)]
+    strength: Option<f64>,
+    /// libtorch CPU threads per worker (default: the checkpoint's config; 0 there = all cores).
+    #[arg(long)]
+    threads: Option<u32>,
 }
 
 impl SampleJobArgs {
     fn spec(&self) -> Result<JobSpec> {
+        if let Some(g) = self.guidance
+            && !(g.is_finite() && g > 0.0)
+        {
+            bail!("--guidance {g}: must be a positive number");
+        }
+        if let Some(s) = self.strength
+            && !(s > 0.0 && s <= 1.0)
+        {
+            bail!("--strength {s}: must be in (0, 1]");
+        }
+        if self.threads == Some(0) {
+            bail!("--threads 0: give at least 1, or leave it out for the checkpoint's setting");
+        }
         Ok(JobSpec {
             kind: Some(Kind::Sample(SampleSpec {
                 checkpoint_url: absolute(&self.checkpoint),
-                classes: parse_classes(&self.classes)?,
+                classes: parse_classes(self.classes.as_deref().unwrap_or_default())?,
                 out_url: absolute(&self.out),
                 seed: self.seed,
                 with_real: self.with_real,
                 steps: self.steps.unwrap_or(0),
                 guidance_scale: self.guidance.unwrap_or(0.0),
+                strength: self.strength.unwrap_or(0.0),
+                threads: self.threads.unwrap_or(0),
             })),
             min_workers: 1,
             max_workers: 1,
@@ -418,11 +443,21 @@ struct CancelArgs {
     coordinator: String,
 }
 
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
-        });
+/// Logs go to stderr, filtered by `FLOWSYNTH_LOG`. Without it, `train` and `sample` in a
+/// terminal show only warnings: their embedded coordinator and worker would otherwise print their
+/// internals (listeners, registrations, job ids) above the progress bar. Services, and the same
+/// commands writing to a file or pipe, log at info.
+fn init_tracing(command: &Command) {
+    use std::io::IsTerminal;
+    let quiet = matches!(command, Command::Train(_) | Command::Sample(_))
+        && std::io::stderr().is_terminal();
+    let default = if quiet {
+        "warn"
+    } else {
+        "info,h2=warn,tower=warn,hyper=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -431,8 +466,8 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(&cli.command);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -569,9 +604,16 @@ async fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The headline numbers on stdout, so a terminal user need not open the page.
+/// The headline numbers on stdout, so a terminal user need not open the page: the verdict
+/// first, so nobody ships rows that hurt without having read it.
 fn print_eval_summary(r: &flowsynth_eval::report::Report) {
     let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    if let Some(v) = &r.verdict {
+        println!("verdict: {}", v.lines.last().map_or("", String::as_str));
+        for line in &v.lines[..v.lines.len().saturating_sub(1)] {
+            println!("  {line}");
+        }
+    }
     println!(
         "shape {}  trend {}  detection {}  validity {:.3}  alpha-precision {}  beta-recall {}  authenticity {}",
         f(r.shape),
@@ -582,14 +624,50 @@ fn print_eval_summary(r: &flowsynth_eval::report::Report) {
         f(r.beta_recall),
         f(r.authenticity),
     );
+    if let Some(cm) = &r.class_matched {
+        println!(
+            "class-matched reference: shape {}  trend {}",
+            f(cm.shape),
+            f(cm.trend)
+        );
+    }
+    for c in &r.per_class {
+        println!(
+            "class {:<24} shape {} (real holdout {})  trend {} ({})  agreement {} ({})  copies {} ({})",
+            c.class,
+            f(c.shape),
+            f(c.holdout_shape),
+            f(c.trend),
+            f(c.holdout_trend),
+            f(c.agreement),
+            f(c.holdout_agreement),
+            f(c.copy_rate),
+            f(c.holdout_copy_rate),
+        );
+    }
     if let Some(d) = &r.downstream {
-        for det in &d.detectors {
-            let cells: Vec<String> = det
-                .settings
-                .iter()
-                .map(|s| format!("{} {:.3}±{:.3}", s.setting, s.macro_f1.mean, s.macro_f1.std))
-                .collect();
-            println!("macro-F1 {:<18} {}", det.detector, cells.join("  "));
+        for (what, pick) in [
+            (
+                "macro-F1",
+                (|s: &flowsynth_eval::report::SettingResult| Some(&s.macro_f1))
+                    as fn(
+                        &flowsynth_eval::report::SettingResult,
+                    ) -> Option<&flowsynth_eval::report::Stat>,
+            ),
+            ("rare-class F1", |s| s.rare_f1.as_ref()),
+        ] {
+            for det in &d.detectors {
+                let cells: Vec<String> = det
+                    .settings
+                    .iter()
+                    .filter_map(|s| {
+                        pick(s).map(|v| format!("{} {:.3}±{:.3}", s.setting, v.mean, v.std))
+                    })
+                    .collect();
+                if !cells.is_empty() {
+                    println!("{what:<13} {:<18} {}", det.detector, cells.join("  "));
+                }
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
 
     // 1. convert
     convert_nsl_subset(root, 6000, dataset.to_str().unwrap(), 2000, &[]);
-    let ds = json(&dataset.join("dataset.json"));
+    let ds = json(&dataset.join("_dataset.json"));
     assert_eq!(ds["total_rows"], 6000);
     let columns = ds["columns"].as_array().unwrap().clone();
     let classes: BTreeMap<String, u64> = ds["class_counts"]
@@ -36,6 +36,12 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect();
     assert!(classes.contains_key("neptune") && classes.contains_key("satan"));
+    // The folder is a Parquet dataset to other tools: the manifest does not get in the way.
+    let label_column = ds["label_column"].as_str().unwrap();
+    assert_eq!(
+        pyarrow_read_folder(&dataset, label_column),
+        (6000, classes.clone())
+    );
 
     // 2. coordinator + two workers as processes
     let (_coord, url) = start_coordinator(root.join("state").to_str().unwrap(), &[], &[]);
@@ -222,6 +228,12 @@ fn convert_train_and_sample_through_coordinator_and_worker_processes() {
     assert_eq!(synthetic_counts["satan"], 5000);
     let real: BTreeMap<String, u64> = real_counts.into_iter().collect();
     assert_eq!(real, classes, "real rows must be the training rows");
+    let (rows, _) = pyarrow_read_folder(&out, "synthetic");
+    assert_eq!(
+        rows,
+        5300 + 6000,
+        "pyarrow reads the sample output as one dataset"
+    );
 
     // 6. status lists both jobs as succeeded.
     let status = run_ok(&["status", "--coordinator", &url]);
@@ -279,12 +291,37 @@ fn embedded_train_resumes_and_sampling_rejects_unknown_classes() {
     ];
     run_ok(&args);
     let first = std::fs::read_to_string(ckpts.join("latest")).unwrap();
-    // A second run finds the finished checkpoint and does no further work.
-    run_ok(&args);
+    // A second run finds the finished checkpoint, does no further work and says how to go on.
+    let again = run(&args);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("nothing to train") && err.contains("--diffusion-epochs above 1"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(ckpts.join("latest")).unwrap(),
         first
     );
+    // More denoiser epochs continue from the finished checkpoint.
+    let mut more = args.to_vec();
+    let at = more
+        .iter()
+        .position(|a| *a == "--diffusion-epochs")
+        .unwrap();
+    more[at + 1] = "2";
+    run_ok(&more);
+    let state = json(
+        &ckpts
+            .join(
+                std::fs::read_to_string(ckpts.join("latest"))
+                    .unwrap()
+                    .trim(),
+            )
+            .join("state.json"),
+    );
+    assert_eq!(state["stage"], "done");
+    assert_eq!(state["epoch_in_stage"], 2);
 
     let out = root.join("s");
     let sample_args = |classes: &'static str| {

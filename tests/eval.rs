@@ -137,7 +137,7 @@ fn report_holds_every_metric_and_the_page_links_existing_plots() {
     assert!(unit(&r["validity"]["share_valid_rows"], "validity") > 0.9);
     assert_eq!(r["validity"]["real_share_valid_rows"], 1.0);
     // One score per feature of the training data, one per pair.
-    let features = json(&Path::new(&f.train).join("dataset.json"))["columns"]
+    let features = json(&Path::new(&f.train).join("_dataset.json"))["columns"]
         .as_array()
         .unwrap()
         .iter()

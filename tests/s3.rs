@@ -97,7 +97,7 @@ fn convert_train_and_sample_with_every_location_on_s3() {
     convert_nsl_subset(tmp.path(), 3000, &data_url, 500, &env);
     eprintln!("convert took {:?}", started.elapsed());
     let data = open("data/nsl");
-    let ds = s3_json(&data, "dataset.json");
+    let ds = s3_json(&data, "_dataset.json");
     assert_eq!(ds["total_rows"], 3000);
     let classes: BTreeMap<String, u64> = ds["class_counts"]
         .as_object()
@@ -315,8 +315,14 @@ fn convert_train_and_sample_with_every_location_on_s3() {
     assert_eq!(report["inputs"]["synthetic"]["rows"], 4800);
     assert_eq!(report["inputs"]["synthetic"]["url"], out_url.as_str());
     let names = s3_names(&report_loc);
-    assert!(names.iter().any(|n| n.ends_with("report.html")), "{names:?}");
-    assert!(names.iter().filter(|n| n.ends_with(".png")).count() > 10, "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("report.html")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().filter(|n| n.ends_with(".png")).count() > 10,
+        "{names:?}"
+    );
 }
 
 /// A bucket that does not exist is an error naming the URL (not a hang, not a silent success).

@@ -120,6 +120,10 @@ pub enum Error {
     InvalidCheckpoint { location: String, reason: String },
     #[error("{location} already exists; choose another destination or remove it first")]
     AlreadyExists { location: String },
+    #[error(
+        "{location}: a dataset is already there; pass --overwrite to replace it, or choose another --out"
+    )]
+    DatasetExists { location: String },
 
     // ---- configuration -----------------------------------------------------------------------
     #[error("cannot parse config {location}: {message}")]

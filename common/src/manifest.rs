@@ -1,4 +1,4 @@
-//! The dataset manifest (`dataset.json`): the contract between `convert` and everything after it.
+//! The dataset manifest (`_dataset.json`): the contract between `convert` and everything after it.
 //!
 //! A dataset is a directory (or object-store prefix) holding Parquet part files and this manifest.
 //! The manifest is written last, so a dataset exists only once it is complete. Everything the
@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Name of the manifest object inside a dataset prefix.
-pub const MANIFEST_NAME: &str = "dataset.json";
+/// Name of the manifest object inside a dataset prefix. The leading underscore makes Parquet
+/// readers that open the folder as a dataset (pyarrow, pandas, polars, DuckDB, Spark) skip it, as
+/// they skip `_SUCCESS` and `_sample.json`.
+pub const MANIFEST_NAME: &str = "_dataset.json";
+/// The manifest's name before it was `_dataset.json`; datasets written under it are still read
+/// (and replaced by `convert --overwrite`).
+pub const LEGACY_MANIFEST_NAME: &str = "dataset.json";
 /// Version of the manifest layout; bumped on incompatible changes.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 /// Name of the boolean column that `sample` adds to mark generated rows.
@@ -66,6 +71,11 @@ pub struct NumericStats {
     /// the first is `min` and the last is `max`. Computed from a uniform row sample of at most
     /// `quantile_sample_rows` rows (see [`DatasetManifest::quantile_sample_rows`]).
     pub quantiles: Vec<f64>,
+    /// Every value is a whole number, also in a `float64` column whose source writes `592.0`
+    /// (CICIoT2023 does): generated values of such a column are rounded. Absent in manifests
+    /// written before this field existed (read as false).
+    #[serde(default)]
+    pub whole_numbers: bool,
 }
 
 /// One kept column, in Parquet column order.

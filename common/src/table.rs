@@ -60,6 +60,32 @@ impl Table {
         self.labels.extend_from_slice(&other.labels);
     }
 
+    /// A 64-bit fingerprint of row `i`'s feature values (not its label): equal rows have equal
+    /// fingerprints (0.0 and -0.0 count as equal), so exact copies can be found with a hash set.
+    pub fn row_fingerprint(&self, i: usize) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for c in &self.numeric {
+            // Adding 0.0 turns -0.0 into 0.0.
+            (c[i] + 0.0).to_bits().hash(&mut h);
+        }
+        for c in &self.categorical {
+            c[i].hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Overwrites row `i` with row `j` of `other` (same layout).
+    pub fn replace_row(&mut self, i: usize, other: &Table, j: usize) {
+        for (a, b) in self.numeric.iter_mut().zip(&other.numeric) {
+            a[i] = b[j];
+        }
+        for (a, b) in self.categorical.iter_mut().zip(&other.categorical) {
+            a[i] = b[j];
+        }
+        self.labels[i] = other.labels[j];
+    }
+
     /// The rows at `idx`, in that order.
     pub fn select(&self, idx: &[usize]) -> Table {
         Table {

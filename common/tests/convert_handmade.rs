@@ -13,10 +13,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use flowsynth_common::Error;
 use flowsynth_common::convert::{ConvertOptions, Preset, VOCABULARY_CAP, convert};
+use flowsynth_common::dataset;
 use flowsynth_common::manifest::{
-    ColumnRole, DType, DatasetManifest, DropReason, MANIFEST_NAME, NonFinitePolicy,
+    ColumnRole, DType, DatasetManifest, DropReason, LEGACY_MANIFEST_NAME, MANIFEST_NAME,
+    NonFinitePolicy,
 };
-use flowsynth_common::store::Location;
+use flowsynth_common::store::{Location, block_on};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -427,7 +429,8 @@ fn an_existing_dataset_is_kept_unless_overwrite_and_then_fully_replaced() {
     let err = c
         .convert(std::slice::from_ref(&small), &generic())
         .unwrap_err();
-    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+    assert!(matches!(err, Error::DatasetExists { .. }), "{err:?}");
+    assert!(err.to_string().contains("--overwrite"), "{err}");
     assert_eq!(
         std::fs::read(c.out_dir().join(MANIFEST_NAME)).unwrap(),
         before
@@ -454,9 +457,43 @@ fn an_existing_dataset_is_kept_unless_overwrite_and_then_fully_replaced() {
     names.sort();
     assert_eq!(
         names,
-        ["dataset.json", "part-00000.parquet"],
+        ["_dataset.json", "part-00000.parquet"],
         "old parts are removed"
     );
+}
+
+#[test]
+fn a_dataset_with_the_legacy_manifest_name_is_read_and_replaced_cleanly() {
+    let c = Case::new();
+    let csv = c.file("a.csv", b"v,label\n1,a\n2,b\n3,a\n");
+    let first = c.convert(std::slice::from_ref(&csv), &generic()).unwrap();
+    std::fs::rename(
+        c.out_dir().join(MANIFEST_NAME),
+        c.out_dir().join(LEGACY_MANIFEST_NAME),
+    )
+    .unwrap();
+    let loc = Location::parse(c.out_dir().to_str().unwrap()).unwrap();
+    let loaded = block_on(dataset::load_manifest(&loc)).unwrap();
+    assert_eq!(loaded.content_hash, first.content_hash);
+
+    let err = c
+        .convert(std::slice::from_ref(&csv), &generic())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(LEGACY_MANIFEST_NAME) && err.to_string().contains("--overwrite"),
+        "{err}"
+    );
+    let o = ConvertOptions {
+        overwrite: true,
+        ..generic()
+    };
+    c.convert(&[csv], &o).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(c.out_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [MANIFEST_NAME, "part-00000.parquet"]);
 }
 
 #[test]

@@ -55,7 +55,8 @@ impl Default for CoordinatorConfig {
 enum WorkPlan {
     Train {
         groups: Vec<plan::RowGroup>,
-        /// Rows in the dataset-wide training set (after the held-out split and `max_rows`).
+        /// Rows one epoch draws from the dataset-wide training set (after the held-out split
+        /// and `max_rows`; `train.epoch_rows` when set).
         train_rows: u64,
         batch_size: u64,
     },
@@ -465,7 +466,7 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
             let (used, held_out) = cfg.train.split_sizes(manifest.total_rows);
             Ok(WorkPlan::Train {
                 groups: plan::row_groups(&manifest),
-                train_rows: used - held_out,
+                train_rows: cfg.train.rows_per_epoch(used - held_out),
                 batch_size: cfg.train.batch_size as u64,
             })
         }

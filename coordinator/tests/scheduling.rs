@@ -45,6 +45,7 @@ fn manifest(parts: &[&[u64]]) -> DatasetManifest {
                 role: ColumnRole::Numeric,
                 dtype: DType::Float64,
                 stats: Some(NumericStats {
+                    whole_numbers: false,
                     min: 0.0,
                     max: 1.0,
                     mean: 0.5,

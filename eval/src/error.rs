@@ -10,7 +10,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] flowsynth_common::Error),
     #[error(
-        "{location}: not a flowsynth dataset (neither dataset.json from `convert` nor _sample.json from `sample` is there)"
+        "{location}: not a flowsynth dataset (neither _dataset.json from `convert` nor _sample.json from `sample` is there)"
     )]
     NotADataset { location: String },
     #[error("{location}: cannot parse {file}: {source}")]

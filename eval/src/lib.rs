@@ -8,6 +8,7 @@
 //! real + SMOTE, scored on the test split), and renders them as `report.json` plus an HTML page
 //! with PNG plots.
 
+pub mod classes;
 pub mod detection;
 pub mod downstream;
 pub mod error;
@@ -20,5 +21,6 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod validity;
+pub mod verdict;
 
 pub use error::{Error, Result};

@@ -14,8 +14,8 @@ use arrow_array::types::{Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use flowsynth_common::manifest::{
-    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, MANIFEST_NAME,
-    SAMPLE_MANIFEST_NAME, SYNTHETIC_COLUMN, SampleManifest,
+    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, SAMPLE_MANIFEST_NAME,
+    SYNTHETIC_COLUMN, SampleManifest,
 };
 use flowsynth_common::store::{Location, block_on};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -56,8 +56,8 @@ struct Described {
 }
 
 fn describe(loc: &Location) -> Result<Described> {
-    if let Some(bytes) = block_on(loc.get_opt(MANIFEST_NAME))? {
-        let m = DatasetManifest::from_json(&bytes, &loc.display(MANIFEST_NAME))?;
+    if let Some((bytes, name)) = block_on(flowsynth_common::dataset::find_manifest(loc))? {
+        let m = DatasetManifest::from_json(&bytes, &loc.display(name))?;
         return Ok(Described {
             label: m.label_column.clone(),
             parts: m.parts.iter().map(|p| (p.path.clone(), None)).collect(),

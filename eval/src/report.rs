@@ -15,12 +15,25 @@ use serde::{Deserialize, Serialize};
 pub struct Report {
     pub format_version: u32,
     pub inputs: Inputs,
-    /// Mean of the column scores that are defined (NaN columns skipped).
+    /// The answer a user needs first, in plain words: do the synthetic rows help the rare-class
+    /// detection, and do they beat SMOTE? (`None` without the downstream stage.)
+    pub verdict: Option<Verdict>,
+    /// SDMetrics QualityReport "Column Shapes" on (real training data, synthetic data) as they
+    /// are, the label column included: the mean of the defined column scores.
     pub shape: Option<f64>,
-    /// Mean of the pair scores that are defined.
+    /// SDMetrics QualityReport "Column Pair Trends" on the same two tables: the mean of the
+    /// defined pair scores.
     pub trend: Option<f64>,
+    /// The column scores behind `shape` (the label column included).
     pub columns: Vec<ColumnScore>,
+    /// The pair scores behind `trend`.
     pub pairs: Vec<PairScore>,
+    /// Shape and trend against real rows drawn per class in the synthetic proportions (`None`
+    /// when the class mixes already agree): the flows compared, not the class mix.
+    pub class_matched: Option<ClassMatched>,
+    /// Per class of the synthetic set: fidelity, class agreement and copies, each next to what
+    /// real held-out rows of the class score.
+    pub per_class: Vec<ClassFidelity>,
     /// Columns left out of `shape`/`trend` and why (constant in the real data, ...).
     pub skipped: Vec<Skipped>,
     pub alpha_precision: Option<f64>,
@@ -36,6 +49,61 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Wall-clock seconds per stage.
     pub timings: BTreeMap<String, f64>,
+}
+
+/// Fidelity against a class-matched real reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassMatched {
+    pub shape: Option<f64>,
+    pub trend: Option<f64>,
+    /// Real rows in the reference.
+    pub reference_rows: usize,
+    /// Total variation between the real and the synthetic class mix before matching.
+    pub mix_difference: f64,
+    /// What remains after matching (classes with too few real rows).
+    pub remaining_mix_difference: f64,
+}
+
+/// One class of the synthetic set against the real rows of the same class.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassFidelity {
+    pub class: String,
+    pub train_rows: usize,
+    pub synthetic_rows: usize,
+    /// Real held-out rows of the class (test split or `--holdout`).
+    pub holdout_rows: usize,
+    /// Shape / trend of the synthetic rows of the class against its real training rows.
+    pub shape: Option<f64>,
+    pub trend: Option<f64>,
+    /// LogisticDetection score (1 = indistinguishable) and mean AUC, synthetic vs real rows of
+    /// the class.
+    pub detection: Option<f64>,
+    pub detection_auc: Option<f64>,
+    /// The same figures for the real held-out rows of the class: the ceiling a generator can
+    /// reach.
+    pub holdout_shape: Option<f64>,
+    pub holdout_trend: Option<f64>,
+    pub holdout_detection: Option<f64>,
+    pub holdout_detection_auc: Option<f64>,
+    /// Share of the synthetic rows of the class that a random forest trained on real training
+    /// rows assigns to the class, and the same share for its real held-out rows.
+    pub agreement: Option<f64>,
+    pub holdout_agreement: Option<f64>,
+    /// Share of the synthetic rows of the class that equal a real training row feature for
+    /// feature, and the same share for its real held-out rows (captures full of duplicates have
+    /// a high baseline).
+    pub copy_rate: Option<f64>,
+    pub holdout_copy_rate: Option<f64>,
+}
+
+/// The headline verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    /// True when real+synthetic beats real-only and real+SMOTE on the rare-class F1 for every
+    /// detector.
+    pub helps: bool,
+    /// One sentence per detector, then the overall advice.
+    pub lines: Vec<String>,
 }
 
 /// The three datasets and what was used of them.
@@ -184,6 +252,8 @@ pub struct Downstream {
     pub added_per_class: BTreeMap<String, usize>,
     /// Classes scored: those present in the test split, in schema order.
     pub classes: Vec<String>,
+    /// The augmented classes that the test split holds: the rare-class F1 is their mean F1.
+    pub rare_classes: Vec<String>,
     pub detectors: Vec<DetectorResult>,
     /// Hyper-parameters and encodings of the detectors, for the record.
     pub config: BTreeMap<String, String>,
@@ -200,6 +270,9 @@ pub struct DetectorResult {
 pub struct SettingResult {
     pub setting: String,
     pub macro_f1: Stat,
+    /// Mean test F1 of `Downstream::rare_classes` (per seed, then mean and std); `None` when the
+    /// test split holds none of them.
+    pub rare_f1: Option<Stat>,
     pub weighted_f1: Stat,
     pub accuracy: Stat,
     pub per_class: Vec<ClassResult>,
@@ -218,4 +291,4 @@ pub struct ClassResult {
 }
 
 /// Version of the `report.json` layout.
-pub const REPORT_FORMAT_VERSION: u32 = 1;
+pub const REPORT_FORMAT_VERSION: u32 = 2;

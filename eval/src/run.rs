@@ -11,12 +11,13 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::index::sample;
 
+use crate::classes::{self, ClassInputs};
 use crate::downstream::{self, DownstreamOptions};
 use crate::error::{Error, Result};
-use crate::frame::{Encoder, Frame, Scaling, Schema};
+use crate::frame::{ColumnSpec, Encoder, Frame, Scaling, Schema, Values};
 use crate::load::{Datasets, load_all};
-use crate::report::{DatasetInfo, Inputs, REPORT_FORMAT_VERSION, Report};
-use crate::{detection, fidelity, quality, render, validity};
+use crate::report::{ClassMatched, DatasetInfo, Inputs, REPORT_FORMAT_VERSION, Report};
+use crate::{detection, fidelity, quality, render, validity, verdict};
 
 /// What `flowsynth eval` does beyond the three URLs.
 #[derive(Debug, Clone)]
@@ -147,6 +148,18 @@ fn restrict(schema: &Schema, synthetic: &Frame, classes: &[String]) -> Result<Fr
     Ok(synthetic.select(&synthetic.rows_of_classes(&keep)))
 }
 
+/// `schema` and `frame` with the label as one more categorical column (the last), as it sits in
+/// the tables SDMetrics' QualityReport would be given.
+fn with_label_column(schema: &Schema, frame: &Frame) -> (Schema, Frame) {
+    let mut s = schema.clone();
+    let names: Vec<&str> = schema.classes.iter().map(String::as_str).collect();
+    s.columns
+        .push(ColumnSpec::categorical(schema.label.clone(), &names));
+    let mut f = frame.clone();
+    f.columns.push(Values::Categorical(frame.labels.clone()));
+    (s, f)
+}
+
 /// Runs every stage and returns the report (nothing is written yet).
 pub fn evaluate(
     train: &str,
@@ -218,11 +231,21 @@ pub fn evaluate(
             datasets.train.rows()
         ));
     }
+    let t = Instant::now();
+    // The headline is SDMetrics' QualityReport on the two tables as they are, label included,
+    // so it compares with published figures.
+    let fid = {
+        let (s, real) = with_label_column(schema, &datasets.train);
+        let (_, synthetic) = with_label_column(schema, &syn);
+        fidelity::evaluate(&s, &real, &synthetic)
+    };
+    tracing::info!(shape = ?fid.shape, trend = ?fid.trend, "fidelity");
     // A class-conditional generator is asked for a class mix of the user's choosing (rare attacks
-    // boosted). Comparing it with the real data's own mix would score the mix, not the flows, so
-    // the real reference is drawn per class in the synthetic set's proportions.
+    // boosted). Comparing it with the real data's own mix scores the mix as much as the flows, so
+    // the privacy and detection metrics, and a second pair of fidelity figures, use a real
+    // reference drawn per class in the synthetic set's proportions.
     let mix_tv = class_tv(&reference.class_counts(schema.classes.len()), &syn_counts);
-    let reference = if mix_tv > 0.01 {
+    let (reference, class_matched) = if mix_tv > 0.01 {
         let matched = matched(
             &reference,
             &syn_counts,
@@ -231,20 +254,26 @@ pub fn evaluate(
         );
         let realised = class_tv(&matched.class_counts(schema.classes.len()), &syn_counts);
         notes.push(format!(
-            "the synthetic class mix differs from the real one (total variation {mix_tv:.2}); the \
-             real reference is drawn per class in the synthetic proportions ({} rows; remaining \
-             mix difference {realised:.2}, from classes with too few real rows)",
+            "the synthetic class mix differs from the real one (total variation {mix_tv:.2}): \
+             shape and trend compare the tables as they are (SDMetrics); `class_matched` and the \
+             privacy and detection metrics use a real reference drawn per class in the synthetic \
+             proportions ({} rows; remaining mix difference {realised:.2}, from classes with too \
+             few real rows)",
             matched.rows()
         ));
-        matched
+        let f = fidelity::evaluate(schema, &matched, &syn);
+        let cm = ClassMatched {
+            shape: f.shape,
+            trend: f.trend,
+            reference_rows: matched.rows(),
+            mix_difference: mix_tv,
+            remaining_mix_difference: realised,
+        };
+        (matched, Some(cm))
     } else {
-        reference
+        (reference, None)
     };
-
-    let t = Instant::now();
-    let fid = fidelity::evaluate(schema, &reference, &syn);
     timings.insert("fidelity".into(), t.elapsed().as_secs_f64());
-    tracing::info!(shape = ?fid.shape, trend = ?fid.trend, "fidelity");
 
     let t = Instant::now();
     // Domain constraints hold for the data as a whole, not per class: inferred from every real
@@ -296,6 +325,7 @@ pub fn evaluate(
         Some((frame, name)) => (frame, name.clone()),
         None => (&datasets.test, "test split".to_string()),
     };
+    let holdout_all = holdout.clone();
     let holdout = holdout.select(&holdout.rows_of_classes(&in_synthetic));
     let dcr = if holdout.rows() == 0 {
         notes.push(format!(
@@ -325,6 +355,27 @@ pub fn evaluate(
         ))
     };
     timings.insert("dcr".into(), t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let per_class = classes::evaluate(&ClassInputs {
+        schema,
+        train: &datasets.train,
+        synthetic: &syn,
+        holdout: &holdout_all,
+        sample_rows: opts.sample_rows,
+        folds: opts.detection_folds,
+        seed: opts.seed,
+        downstream: &opts.downstream,
+        encoder: &standard,
+    })?;
+    notes.push(format!(
+        "per class: fidelity and detection against the class's real training rows; agreement = \
+         share assigned to the class by a random forest trained on real training rows (at most \
+         {} per class); copies = share equal to a training row feature for feature; each next \
+         to the {holdout_name}'s rows of the class",
+        classes::JUDGE_ROWS_PER_CLASS
+    ));
+    timings.insert("per_class".into(), t.elapsed().as_secs_f64());
 
     let downstream = if opts.skip_downstream {
         None
@@ -361,10 +412,13 @@ pub fn evaluate(
             },
             label_column: schema.label.clone(),
         },
+        verdict: downstream.as_ref().map(verdict::verdict),
         shape: fid.shape,
         trend: fid.trend,
         columns: fid.columns,
         pairs: fid.pairs,
+        class_matched,
+        per_class,
         skipped: fid.skipped,
         alpha_precision: Some(q.alpha_precision).filter(|v| v.is_finite()),
         beta_recall: Some(q.beta_recall).filter(|v| v.is_finite()),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -174,4 +175,39 @@ pub fn safetensors_f32(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<f
         out.insert(name.clone(), values);
     }
     out
+}
+
+/// Reads the Parquet dataset folder `dir` with pyarrow (the tests' independent reader, installed
+/// by `make setup` into `.deps/moto`) as `pyarrow.dataset` does for pandas, polars and DuckDB:
+/// every non-hidden file must be Parquet. Returns the row count and the rows per value of
+/// `column`.
+pub fn pyarrow_read_folder(dir: &Path, column: &str) -> (u64, BTreeMap<String, u64>) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/moto/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `make setup` (scripts/setup-moto.sh installs pyarrow)",
+        python.display()
+    );
+    let script = "import json, sys, pyarrow.parquet as pq, pyarrow.compute as pc\n\
+        t = pq.read_table(sys.argv[1])\n\
+        counts = pc.value_counts(pc.cast(t[sys.argv[2]], 'string')).to_pylist()\n\
+        print(json.dumps({'rows': t.num_rows, 'counts': {c['values']: c['counts'] for c in counts}}))";
+    let out = Command::new(&python)
+        .args(["-c", script, dir.to_str().unwrap(), column])
+        .output()
+        .expect("cannot run python");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {} as a Parquet dataset:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = v["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect();
+    (v["rows"].as_u64().unwrap(), counts)
 }

@@ -28,6 +28,13 @@ pub enum Error {
     Device { device: String, reason: String },
     #[error("checkpoint {location}: {reason}")]
     Checkpoint { location: String, reason: String },
+    #[error(
+        "nothing to train: {location} has finished training (its denoiser ran {epochs} epochs). \
+         To train the denoiser further, pass --diffusion-epochs above {epochs} (the VAE cannot \
+         be trained further once the denoiser learned its latents); to start over, choose a new \
+         --checkpoints location"
+    )]
+    AlreadyTrained { location: String, epochs: usize },
     #[error("{context}: {source}")]
     Io {
         context: String,

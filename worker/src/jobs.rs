@@ -19,10 +19,11 @@ use flowsynth_proto::{Assignment, Progress, SampleSpec, TrainSpec};
 use tch::{Device, Tensor};
 use tokio::sync::watch;
 
+use crate::augment;
 use crate::ddp::DataParallel;
 use crate::error::{Error, Result};
 use crate::model::rng::{derive, permutation, tag};
-use crate::model::{FlowModel, Partition, Stage, TrainState, Trainer};
+use crate::model::{FlowModel, Partition, SamplerOptions, Stage, TrainState, Trainer};
 use flowsynth_collective::{
     Collective, Membership, Nccl, NcclUniqueId, TcpConfig, TcpListenerHandle, TcpRing,
 };
@@ -205,7 +206,6 @@ const UNUSED: u32 = u32::MAX;
 /// This rank's part of the split.
 struct LocalRows {
     train: Table,
-    train_ids: Vec<u64>,
     positions: Vec<usize>,
     val: Table,
 }
@@ -239,15 +239,13 @@ impl GlobalSplit {
     }
 
     fn local(&self, table: &Table, ids: &[u64]) -> Result<LocalRows> {
-        let (mut train, mut train_ids, mut positions, mut val) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut train, mut positions, mut val) = (Vec::new(), Vec::new(), Vec::new());
         for (i, &id) in ids.iter().enumerate() {
             match self.role.get(id as usize).copied() {
                 Some(UNUSED) => {}
                 Some(HELD_OUT) => val.push(i),
                 Some(pos) => {
                     train.push(i);
-                    train_ids.push(id);
                     positions.push(pos as usize);
                 }
                 None => {
@@ -262,7 +260,6 @@ impl GlobalSplit {
         }
         Ok(LocalRows {
             train: table.select(&train),
-            train_ids,
             positions,
             val: table.select(&val),
         })
@@ -426,7 +423,6 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     let split = GlobalSplit::new(manifest.total_rows, &cfg)?;
     let LocalRows {
         train,
-        train_ids,
         positions,
         val,
     } = split.local(&rows, &ids)?;
@@ -441,7 +437,6 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     );
     let root = Location::parse(&spec.checkpoints_url)?;
     let mut trainer = Trainer::new(&manifest, &cfg.train, &cfg.model, device)?;
-    trainer.set_row_ids(Some(train_ids));
     trainer.set_partition(Some(Partition {
         world,
         global_rows: split.train_rows,
@@ -465,16 +460,25 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             ck.manifest.meta.step
         );
         if trainer.state().stage == Stage::Done {
-            return Ok(JobOutcome {
-                result_url: if a.rank == 0 { ck.url } else { String::new() },
-                ..Default::default()
-            });
+            let done = trainer.state().epoch_in_stage;
+            if cfg.train.diffusion_epochs() <= done {
+                return Err(Error::AlreadyTrained {
+                    location: ck.url,
+                    epochs: done,
+                });
+            }
+            tracing::info!(
+                "continuing the denoiser from epoch {done} to {}",
+                cfg.train.diffusion_epochs()
+            );
+            trainer.continue_diffusion();
         }
     }
 
     let collective = open_collective(a, ctx, device, &cfg)?;
     let batch = cfg.train.batch_size.max(1);
-    let steps_per_epoch = split.train_rows.div_ceil(batch * world) as u64;
+    let steps_per_epoch =
+        (cfg.train.rows_per_epoch(split.train_rows as u64) as usize).div_ceil(batch * world) as u64;
     // The running epoch (stage, number, of, start), for the per-step progress.
     let epoch_info = Arc::new(std::sync::Mutex::new((
         String::new(),
@@ -536,6 +540,10 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         let epoch = trainer.state().epoch_in_stage as u32 + 1;
         if let Ok(mut info) = epoch_info.lock() {
             *info = (stage_name(stage).to_string(), epoch, epochs, Instant::now());
+        }
+        if epoch == 1 {
+            // No loss of this stage yet: the last one shown belonged to the other stage.
+            ctx.progress.send_modify(|p| p.loss = 0.0);
         }
         let report = trainer
             .run_epoch(&train, &val, &mut replicas)
@@ -621,39 +629,92 @@ fn sample_inner(
         &format!("{}/config.toml", ck.url),
     )?;
     let device = pick_device(&ctx.device)?;
-    if cfg.train.threads > 0 {
-        tch::set_num_threads(cfg.train.threads as i32);
+    let threads = if spec.threads > 0 {
+        spec.threads as usize
+    } else {
+        cfg.train.threads
+    };
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
     }
     let mut model = FlowModel::new(&ds, &cfg.model, device, cfg.train.seed)?;
     let weights = read_safetensors(ck.file("weights.safetensors")?, "weights.safetensors")?;
     model.load_named_tensors(&weights)?;
     let classes = ds.classes()?;
-    let steps = if spec.steps > 0 {
-        spec.steps as usize
+    let mut opts = SamplerOptions::new(
+        if spec.steps > 0 {
+            spec.steps as usize
+        } else {
+            cfg.model.sampler_steps
+        },
+        if spec.guidance_scale > 0.0 {
+            spec.guidance_scale
+        } else {
+            cfg.model.guidance_scale
+        },
+    );
+    opts.strength = if spec.strength > 0.0 {
+        spec.strength
     } else {
-        cfg.model.sampler_steps
+        cfg.model.sampler_strength
     };
-    let guidance = if spec.guidance_scale > 0.0 {
-        spec.guidance_scale
+    opts.residual = cfg.model.sampler_residual;
+    let code_of = |name: &str| -> Result<u32> {
+        classes
+            .iter()
+            .position(|c| c == name)
+            .map(|i| i as u32)
+            .ok_or_else(|| Error::Assignment {
+                reason: format!("class `{name}` is not in the checkpoint's data"),
+            })
+    };
+    let wanted = a
+        .chunks
+        .iter()
+        .map(|c| code_of(&c.class_name))
+        .collect::<Result<std::collections::HashSet<u32>>>()?;
+    let needs_data = !wanted.is_empty() || (spec.with_real && a.rank == 0);
+    let data = if needs_data {
+        Some(augment::training_data(
+            &ds,
+            &ck.manifest.meta.dataset_url,
+            &ck.url,
+        )?)
     } else {
-        cfg.model.guidance_scale
+        None
+    };
+    let real = match &data {
+        Some(data) if !wanted.is_empty() => augment::real_rows(
+            &model,
+            data,
+            &ds,
+            &wanted,
+            opts.strength < 1.0,
+            spec.seed,
+            classes,
+        )?,
+        _ => augment::RealRows {
+            classes: Default::default(),
+            fingerprints: Default::default(),
+        },
     };
     let total: u64 = a.chunks.iter().map(|c| c.count).sum();
     let mut done = 0u64;
+    let mut drawn_total = 0usize;
     let started = Instant::now();
     for chunk in &a.chunks {
         ctx.check_stop()?;
-        let code = classes
-            .iter()
-            .position(|c| c == &chunk.class_name)
-            .ok_or_else(|| Error::Assignment {
-                reason: format!(
-                    "class `{}` is not in the checkpoint's data",
-                    chunk.class_name
-                ),
-            })? as u32;
-        let labels = vec![code; chunk.count as usize];
-        let rows = model.sample(&labels, steps, guidance, chunk.seed)?;
+        let code = code_of(&chunk.class_name)?;
+        let (rows, drawn) = augment::new_rows(
+            &model,
+            code,
+            chunk.count as usize,
+            &real,
+            &opts,
+            chunk.seed,
+            &chunk.class_name,
+        )?;
+        drawn_total += drawn;
         let flags = vec![true; rows.rows()];
         let bytes = table::write_parquet(&ds, &layout, &rows, &flags, OUTPUT_ROW_GROUP_ROWS)?;
         let name = format!("part-{:05}.parquet", chunk.index);
@@ -668,19 +729,15 @@ fn sample_inner(
             ..Default::default()
         });
     }
+    if total > 0 {
+        tracing::info!(
+            "generated {done} rows ({} candidates drawn; the others copied training rows) at strength {}",
+            drawn_total,
+            opts.strength
+        );
+    }
     let mut real_rows = 0u64;
-    if spec.with_real && a.rank == 0 {
-        let data = Location::parse(&ck.manifest.meta.dataset_url)?;
-        let current = block_on(dataset::load_manifest(&data))?;
-        if current.content_hash != ds.content_hash {
-            return Err(Error::Checkpoint {
-                location: ck.url.clone(),
-                reason: format!(
-                    "its training data at {} has changed since training (content hash differs)",
-                    ck.manifest.meta.dataset_url
-                ),
-            });
-        }
+    if let Some(data) = data.as_ref().filter(|_| spec.with_real && a.rank == 0) {
         for (i, part) in ds.parts.iter().enumerate() {
             ctx.check_stop()?;
             let bytes = block_on(data.get(&part.path))?;

@@ -2,6 +2,7 @@
 //! runs training and sampling assignments from the coordinator, and writes checkpoints and
 //! sampled Parquet to object storage.
 
+pub mod augment;
 pub mod ddp;
 pub mod error;
 pub mod jobs;

@@ -1,5 +1,5 @@
 //! `flowsynth convert`: labelled flow CSVs (plain or gzip) to a Parquet dataset with a
-//! `dataset.json` manifest.
+//! `_dataset.json` manifest.
 //!
 //! The conversion streams, so memory stays flat whatever the input size (the bounded state is a
 //! 100,000-row quantile sample, capped distinct-value sets and, with `dedup`, one 16-byte
@@ -14,7 +14,7 @@
 //!    columns with their final types into Parquet parts in a local temporary directory, hashing
 //!    each part as it is written.
 //! 3. **Publish**: only after both passes succeeded are the parts uploaded to the destination and
-//!    `dataset.json` written last; a failed upload removes what it uploaded. A dataset therefore
+//!    `_dataset.json` written last; a failed upload removes what it uploaded. A dataset therefore
 //!    exists exactly when its manifest does, and no manifest describes a partial dataset.
 //!
 //! Every cleaning decision is recorded in the manifest: dropped columns with their reason, rows
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::manifest::{
     ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, DroppedColumn,
-    MANIFEST_FORMAT_VERSION, MANIFEST_NAME, NonFinitePolicy, SourceInfo,
+    MANIFEST_FORMAT_VERSION, NonFinitePolicy, SourceInfo,
 };
 use crate::store::{Location, block_on};
 use write::{Conv, OutColumn, WriteSpec};
@@ -172,7 +172,7 @@ fn progress_bar(enabled: bool, total: u64, message: &'static str) -> ProgressBar
 
 /// Converts `inputs` (one dataset; headers must match) into a Parquet dataset at `out`.
 ///
-/// Returns the manifest that was written as `out/dataset.json`. On any error nothing of this
+/// Returns the manifest that was written as `out/_dataset.json`. On any error nothing of this
 /// conversion is left at `out` (an existing dataset is replaced only with `overwrite`, and only
 /// once the new one has been fully built locally).
 pub fn convert(
@@ -190,9 +190,11 @@ pub fn convert(
         });
     }
     // Fail before two passes over the data, not after.
-    if !opts.overwrite && block_on(out.exists(MANIFEST_NAME))? {
-        return Err(Error::AlreadyExists {
-            location: out.display(MANIFEST_NAME),
+    if !opts.overwrite
+        && let Some(existing) = block_on(crate::dataset::existing_manifest(out))?
+    {
+        return Err(Error::DatasetExists {
+            location: out.display(existing),
         });
     }
     let mut total_bytes = 0u64;

@@ -193,6 +193,8 @@ pub(super) struct NumAcc {
     pub max: f64,
     /// Every value was an integer literal (or a non-finite value replaced by 0).
     pub all_int: bool,
+    /// Every value was a whole number, however written (`592.0` counts).
+    pub whole: bool,
     /// Distinct values (bit patterns, -0 folded into 0), at most `DISTINCT_CAP`.
     pub distinct: HashSet<u64>,
     last: Option<u64>,
@@ -207,6 +209,7 @@ impl Default for NumAcc {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             all_int: true,
+            whole: true,
             distinct: HashSet::new(),
             last: None,
         }
@@ -223,6 +226,7 @@ impl NumAcc {
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.all_int &= int;
+        self.whole &= v.fract() == 0.0;
         let bits = if v == 0.0 {
             0f64.to_bits()
         } else {
@@ -634,6 +638,7 @@ pub(super) fn numeric_stats(
         std: acc.std(),
         distinct: acc.distinct.len() as u64,
         quantiles: quantiles(&sample, quantile_count(rows), acc.min, acc.max),
+        whole_numbers: acc.whole,
     }
 }
 

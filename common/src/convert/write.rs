@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::plan::Plan;
 use super::scan::{Cell, classify, field_text, open_rows, row_key, row_label};
 use crate::error::{Error, Result};
-use crate::manifest::{MANIFEST_NAME, NonFinitePolicy, PartInfo};
+use crate::manifest::{LEGACY_MANIFEST_NAME, MANIFEST_NAME, NonFinitePolicy, PartInfo};
 use crate::store::{Location, MULTIPART_THRESHOLD};
 use crate::table::writer_properties;
 
@@ -363,7 +363,7 @@ async fn upload(out: &Location, part: &LocalPart) -> Result<()> {
 }
 
 /// Publishes the dataset: removes the dataset being replaced (manifest first, so no manifest
-/// ever describes a half-replaced dataset), uploads the parts, writes `dataset.json` last. On
+/// ever describes a half-replaced dataset), uploads the parts, writes `_dataset.json` last. On
 /// failure the parts uploaded so far are deleted (best effort).
 pub(super) async fn publish(
     out: &Location,
@@ -371,13 +371,15 @@ pub(super) async fn publish(
     manifest: Bytes,
     overwrite: bool,
 ) -> Result<()> {
-    if out.exists(MANIFEST_NAME).await? {
+    if let Some(existing) = crate::dataset::existing_manifest(out).await? {
         if !overwrite {
-            return Err(Error::AlreadyExists {
-                location: out.display(MANIFEST_NAME),
+            return Err(Error::DatasetExists {
+                location: out.display(existing),
             });
         }
-        out.delete(MANIFEST_NAME).await?;
+        for name in [MANIFEST_NAME, LEGACY_MANIFEST_NAME] {
+            out.delete(name).await?;
+        }
         for meta in out.list("").await? {
             let rel = out.relative(&meta.location);
             if is_part_name(&rel) {
@@ -398,7 +400,7 @@ pub(super) async fn publish(
             Ok(())
         } else {
             // Another conversion committed here meanwhile; its manifest stays, ours goes.
-            Err(Error::AlreadyExists {
+            Err(Error::DatasetExists {
                 location: out.display(MANIFEST_NAME),
             })
         }

@@ -290,6 +290,13 @@ pub fn run(
     );
 
     let class_name = |c: u32| schema.classes[c as usize].clone();
+    // The augmented classes the test split can score (positions in `eval_classes`).
+    let rare: Vec<usize> = eval_classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| per_class[**c as usize] > 0)
+        .map(|(i, _)| i)
+        .collect();
     let detectors_out = detectors
         .iter()
         .zip(&runs)
@@ -298,7 +305,9 @@ pub fn run(
             settings: SETTINGS
                 .iter()
                 .zip(per_setting)
-                .map(|(setting, seeds)| summarize(setting, seeds, &eval_classes, &class_name))
+                .map(|(setting, seeds)| {
+                    summarize(setting, seeds, &eval_classes, &rare, &class_name)
+                })
                 .collect(),
         })
         .collect();
@@ -342,6 +351,7 @@ pub fn run(
             settings: SETTINGS.iter().map(|s| s.to_string()).collect(),
             added_per_class: schema.named_counts(&per_class),
             classes: eval_classes.iter().map(|&c| class_name(c)).collect(),
+            rare_classes: rare.iter().map(|&i| class_name(eval_classes[i])).collect(),
             detectors: detectors_out,
             config,
         },
@@ -431,6 +441,42 @@ impl std::ops::Index<usize> for AugmentedSets<'_> {
 /// Detectors see dense class indices over the classes present in this training set, so classes
 /// only the test split has cost no trees or output units; with one class present the prediction
 /// is that class.
+/// Trains the random forest of `opts` on `train` (ordinal features, as the downstream forest)
+/// and predicts the class codes of every frame in `queries`.
+pub fn forest_predictions(
+    train: &Frame,
+    queries: &[Frame],
+    opts: &DownstreamOptions,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    let mut all = train.select(&[]);
+    for q in queries {
+        all.append(q);
+    }
+    let (pred, _) = fit_predict(
+        DetectorKind::RandomForest,
+        &ordinal_matrix(train),
+        &train.labels,
+        &ordinal_matrix(&all),
+        opts,
+        seed,
+    )
+    .map_err(|reason| Error::Detector {
+        detector: DetectorKind::RandomForest.name().to_string(),
+        setting: "class agreement (trained on real rows)".to_string(),
+        reason,
+    })?;
+    let mut rest = pred.as_slice();
+    Ok(queries
+        .iter()
+        .map(|q| {
+            let (head, tail) = rest.split_at(q.rows().min(rest.len()));
+            rest = tail;
+            head.to_vec()
+        })
+        .collect())
+}
+
 fn fit_predict(
     kind: DetectorKind,
     x: &Matrix,
@@ -486,12 +532,15 @@ fn summarize(
     setting: &str,
     seeds: &[(Scores, f64)],
     classes: &[u32],
+    rare: &[usize],
     class_name: &impl Fn(u32) -> String,
 ) -> SettingResult {
     let stat = |f: &dyn Fn(&Scores) -> f64| Stat::new(seeds.iter().map(|(s, _)| f(s)).collect());
     SettingResult {
         setting: setting.to_string(),
         macro_f1: stat(&|s| s.macro_f1),
+        rare_f1: (!rare.is_empty())
+            .then(|| stat(&|s| rare.iter().map(|&i| s.f1[i]).sum::<f64>() / rare.len() as f64)),
         weighted_f1: stat(&|s| s.weighted_f1),
         accuracy: stat(&|s| s.accuracy),
         per_class: classes

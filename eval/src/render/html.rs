@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::font::FONT_ENV;
 use super::plots::{self, Axis, REAL_HEX, SYNTHETIC_HEX};
-use crate::report::{DatasetInfo, Report, SettingResult, Stat};
+use crate::report::{DatasetInfo, Downstream, Report, SettingResult, Stat};
 
 /// One column's plot and score, as the page lists it.
 pub(crate) struct ColumnFigure {
@@ -166,6 +166,7 @@ td.name{white-space:nowrap}
 .up{color:#1a7f37}.down{color:#cf222e}
 .delta{font-size:.85em;margin-left:.3em}
 .box{border:1px solid #d4a72c;background:#fff8c5;padding:8px 12px;border-radius:6px;margin:.6em 0}
+.box.good{border-color:#2da44e;background:#dafbe1}.box.bad{border-color:#cf222e;background:#ffebe9}
 .key{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 .3em 0 1em;border-radius:2px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px 18px}
 figure{margin:0}
@@ -199,7 +200,7 @@ impl Page<'_> {
             esc(&r.inputs.test.url)
         ));
         out.push_str(
-            "<nav><a href=\"#summary\">Summary</a><a href=\"#inputs\">Inputs</a>\
+            "<nav><a href=\"#summary\">Summary</a><a href=\"#classes\">Per class</a><a href=\"#inputs\">Inputs</a>\
              <a href=\"#columns\">Columns</a><a href=\"#pairs\">Pairs</a>\
              <a href=\"#quality\">Quality &amp; privacy</a><a href=\"#validity\">Validity</a>\
              <a href=\"#downstream\">Downstream</a><a href=\"#run\">Run</a></nav>\n",
@@ -212,7 +213,9 @@ impl Page<'_> {
                  colours are given below each plot.</p>\n"
             ));
         }
+        self.verdict(&mut out);
         self.summary(&mut out);
+        self.per_class(&mut out);
         self.inputs(&mut out);
         self.columns(&mut out);
         self.pairs(&mut out);
@@ -331,64 +334,99 @@ impl Page<'_> {
         );
 
         if let Some(d) = &r.downstream {
-            out.push_str(&format!(
-                "<h3>Downstream detection: macro-F1 on the real test split (mean ± std over {} seeds)</h3>\n",
-                r.inputs.seeds
-            ));
-            out.push_str("<table>\n<tr><th>Detector</th>");
-            for s in &d.settings {
-                out.push_str(&format!("<th class=num>{}</th>", esc(s)));
+            if !d.rare_classes.is_empty() {
+                f1_table(
+                    out,
+                    d,
+                    &format!(
+                        "Rare-class F1: mean test F1 of the augmented classes ({}), mean ± std over {} seeds",
+                        d.rare_classes.join(", "),
+                        r.inputs.seeds
+                    ),
+                    |s| s.rare_f1.as_ref(),
+                );
             }
-            out.push_str("</tr>\n");
-            for det in &d.detectors {
-                let find = |s: &str| det.settings.iter().find(|x| x.setting == s);
-                let best = det
-                    .settings
-                    .iter()
-                    .map(|s| s.macro_f1.mean)
-                    .filter(|m| m.is_finite())
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let baseline = find("real")
-                    .map(|s| s.macro_f1.mean)
-                    .filter(|m| m.is_finite());
-                out.push_str(&format!("<tr><td>{}</td>", esc(&det.detector)));
-                for s in &d.settings {
-                    let Some(res) = find(s) else {
-                        out.push_str("<td class=\"num na\">n/a</td>");
-                        continue;
-                    };
-                    let m = res.macro_f1.mean;
-                    let class = if m.is_finite() && m == best {
-                        "num best"
-                    } else {
-                        "num"
-                    };
-                    let delta = match baseline {
-                        Some(b) if s != "real" && m.is_finite() => {
-                            let dm = m - b;
-                            let dir = if dm > 0.0005 {
-                                "up"
-                            } else if dm < -0.0005 {
-                                "down"
-                            } else {
-                                ""
-                            };
-                            format!("<span class=\"delta {dir}\">{dm:+.3}</span>")
-                        }
-                        _ => String::new(),
-                    };
-                    out.push_str(&format!(
-                        "<td class=\"{class}\">{}{delta}</td>",
-                        fmt_stat(&res.macro_f1)
-                    ));
-                }
-                out.push_str("</tr>\n");
-            }
-            out.push_str("</table>\n<p class=small>Bold: best setting per detector; small numbers: change against the <code>real</code> baseline.</p>\n");
+            f1_table(
+                out,
+                d,
+                &format!(
+                    "Macro-F1 over all classes of the real test split (mean ± std over {} seeds)",
+                    r.inputs.seeds
+                ),
+                |s| Some(&s.macro_f1),
+            );
+            out.push_str("<p class=small>Bold: best setting per detector; small numbers: change against the <code>real</code> baseline.</p>\n");
         } else {
             out.push_str("<p class=na>Downstream detection was not run.</p>\n");
         }
         out.push_str("</section>\n");
+    }
+
+    /// The verdict in plain words, above everything else.
+    fn verdict(&self, out: &mut String) {
+        let Some(v) = &self.report.verdict else {
+            return;
+        };
+        let class = if v.helps { "box good" } else { "box bad" };
+        out.push_str(&format!("<div class=\"{class}\" id=verdict>\n"));
+        if let Some((advice, details)) = v.lines.split_last() {
+            out.push_str(&format!("<p><b>{}</b></p>\n<ul>\n", esc(advice)));
+            for line in details {
+                out.push_str(&format!("<li>{}</li>\n", esc(line)));
+            }
+            out.push_str("</ul>\n");
+        }
+        out.push_str("</div>\n");
+    }
+
+    /// Per class of the synthetic set, next to the real held-out rows of the class.
+    fn per_class(&self, out: &mut String) {
+        let r = self.report;
+        out.push_str("<section id=classes>\n<h2>Per class</h2>\n");
+        if let Some(cm) = &r.class_matched {
+            out.push_str(&format!(
+                "<p>Against a real reference drawn per class in the synthetic proportions ({} rows; \
+                 class-mix difference {} before, {} after matching): shape {}, trend {}. The \
+                 headline shape and trend compare the two tables as they are, as SDMetrics does.</p>\n",
+                cm.reference_rows,
+                fmt(cm.mix_difference),
+                fmt(cm.remaining_mix_difference),
+                fmt_opt(cm.shape),
+                fmt_opt(cm.trend)
+            ));
+        }
+        out.push_str(
+            "<p class=small>Each figure compares the synthetic rows of a class with the real \
+             training rows of that class; in brackets, the same figure for the real held-out rows \
+             of the class, which is what a generator can hope to reach. Agreement: share assigned \
+             to the class by a random forest trained on real training rows. Copies: share equal to \
+             a training row feature for feature.</p>\n",
+        );
+        out.push_str(
+            "<table>\n<tr><th>Class</th><th class=num>Train rows</th><th class=num>Synthetic</th>\
+             <th class=num>Held out</th><th class=num>Shape</th><th class=num>Trend</th>\
+             <th class=num>Detection AUC</th><th class=num>Agreement</th><th class=num>Copies</th></tr>\n",
+        );
+        let pair = |a: Option<f64>, b: Option<f64>| {
+            format!("{} <span class=small>({})</span>", fmt_opt(a), fmt_opt(b))
+        };
+        for c in &r.per_class {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
+                 <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
+                 <td class=num>{}</td></tr>\n",
+                esc(&c.class),
+                c.train_rows,
+                c.synthetic_rows,
+                c.holdout_rows,
+                pair(c.shape, c.holdout_shape),
+                pair(c.trend, c.holdout_trend),
+                pair(c.detection_auc, c.holdout_detection_auc),
+                pair(c.agreement, c.holdout_agreement),
+                pair(c.copy_rate, c.holdout_copy_rate),
+            ));
+        }
+        out.push_str("</table>\n</section>\n");
     }
 
     fn inputs(&self, out: &mut String) {
@@ -763,6 +801,68 @@ fn class_counts(d: &DatasetInfo) -> String {
 }
 
 /// Rows = classes (with test support), column groups = settings, P / R / F1 as mean ± std.
+/// One detector per row, one setting per column, of the figure `pick` selects; the best setting
+/// in bold and each setting's change against `real`.
+fn f1_table(
+    out: &mut String,
+    d: &Downstream,
+    title: &str,
+    pick: impl Fn(&SettingResult) -> Option<&Stat>,
+) {
+    out.push_str(&format!(
+        "<h3>{}</h3>\n<table>\n<tr><th>Detector</th>",
+        esc(title)
+    ));
+    for s in &d.settings {
+        out.push_str(&format!("<th class=num>{}</th>", esc(s)));
+    }
+    out.push_str("</tr>\n");
+    for det in &d.detectors {
+        let find = |s: &str| det.settings.iter().find(|x| x.setting == s).and_then(&pick);
+        let best = det
+            .settings
+            .iter()
+            .filter_map(&pick)
+            .map(|s| s.mean)
+            .filter(|m| m.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let baseline = find("real").map(|s| s.mean).filter(|m| m.is_finite());
+        out.push_str(&format!("<tr><td>{}</td>", esc(&det.detector)));
+        for s in &d.settings {
+            let Some(res) = find(s) else {
+                out.push_str("<td class=\"num na\">n/a</td>");
+                continue;
+            };
+            let m = res.mean;
+            let class = if m.is_finite() && m == best {
+                "num best"
+            } else {
+                "num"
+            };
+            let delta = match baseline {
+                Some(b) if s != "real" && m.is_finite() => {
+                    let dm = m - b;
+                    let dir = if dm > 0.0005 {
+                        "up"
+                    } else if dm < -0.0005 {
+                        "down"
+                    } else {
+                        ""
+                    };
+                    format!("<span class=\"delta {dir}\">{dm:+.3}</span>")
+                }
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "<td class=\"{class}\">{}{delta}</td>",
+                fmt_stat(res)
+            ));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
 fn per_class_table(out: &mut String, classes: &[String], settings: &[SettingResult]) {
     out.push_str("<div class=scroll><table class=perclass>\n<tr><th rowspan=2>Class</th><th rowspan=2 class=num>Support</th>");
     for s in settings {

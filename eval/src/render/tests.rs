@@ -12,9 +12,9 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::frame::{ColumnSpec, Values};
 use crate::report::{
-    ClassResult, ColumnScore, Constraint, DatasetInfo, Dcr, Detection, DetectorResult, Downstream,
-    Inputs, PairScore, QualityCurves, REPORT_FORMAT_VERSION, SettingResult, Skipped, Stat,
-    Validity,
+    ClassFidelity, ClassMatched, ClassResult, ColumnScore, Constraint, DatasetInfo, Dcr, Detection,
+    DetectorResult, Downstream, Inputs, PairScore, QualityCurves, REPORT_FORMAT_VERSION,
+    SettingResult, Skipped, Stat, Validity,
 };
 
 const NASTY: &str = r#"<b>&"x""#;
@@ -379,9 +379,12 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
                 // A setting whose detector failed on every seed.
                 macro_f1 = Stat::new(vec![]);
             }
+            let rare_f1 = (macro_f1.mean.is_finite())
+                .then(|| Stat::new(vec![0.4 + 0.1 * s as f64, 0.42 + 0.1 * s as f64]));
             results.push(SettingResult {
                 setting: setting.to_string(),
                 macro_f1,
+                rare_f1,
                 weighted_f1: stat(&mut rng, 0.95),
                 accuracy: stat(&mut rng, 0.96),
                 per_class,
@@ -405,10 +408,34 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
             seeds: 3,
             label_column: "Label".into(),
         },
+        verdict: None,
         shape: None,
         trend: Some(f64::NAN),
         columns: col_scores,
         pairs,
+        class_matched: Some(ClassMatched { shape: Some(0.91), trend: None, reference_rows: 1200, mix_difference: 0.4, remaining_mix_difference: 0.05 }),
+        per_class: classes
+            .iter()
+            .skip(1)
+            .map(|c| ClassFidelity {
+                class: c.to_string(),
+                train_rows: 40,
+                synthetic_rows: 500,
+                holdout_rows: 12,
+                shape: Some(0.9),
+                trend: Some(0.85),
+                detection: Some(0.7),
+                detection_auc: Some(0.65),
+                holdout_shape: Some(0.95),
+                holdout_trend: None,
+                holdout_detection: Some(0.9),
+                holdout_detection_auc: Some(0.55),
+                agreement: Some(0.8),
+                holdout_agreement: Some(0.9),
+                copy_rate: Some(0.0),
+                holdout_copy_rate: Some(0.01),
+            })
+            .collect(),
         skipped,
         alpha_precision: Some(0.912),
         beta_recall: Some(0.443),
@@ -444,6 +471,7 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
             settings: settings.iter().map(|s| s.to_string()).collect(),
             added_per_class: classes.iter().skip(1).map(|c| (c.to_string(), 500)).collect(),
             classes: classes.iter().map(|c| c.to_string()).collect(),
+            rare_classes: classes.iter().skip(1).map(|c| c.to_string()).collect(),
             detectors,
             config: [("random_forest".to_string(), "100 trees, max_depth None".to_string())].into_iter().collect(),
         }),

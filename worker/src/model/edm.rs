@@ -47,8 +47,8 @@ pub struct EdmNoise {
 }
 
 impl EdmNoise {
-    /// Draws each row's noise from its own stream keyed by `(key, row id)`, so a row gets the
-    /// same noise whatever batch or worker it is in.
+    /// Draws each row's noise from its own stream keyed by `(key, row key)` (the row's slot in
+    /// the epoch order), so a row gets the same noise whatever batch or worker it is in.
     pub fn draw(
         key: u64,
         row_ids: &[u64],
@@ -105,6 +105,14 @@ pub struct SamplerOptions {
     pub guidance: f64,
     /// EDM's S_churn: 0 = deterministic ODE sampling; TabSyn uses 1 (small stochasticity).
     pub churn: f64,
+    /// Share of the noise schedule run, in (0, 1], when the sampler starts from given latents
+    /// (neighbourhood sampling, SDEdit-style, as diffusers' img2img `strength`): the start is
+    /// noised to the schedule's sigma at step `round((1 - strength) * steps)` and denoised from
+    /// there. 1 = from sigma_max, where the start no longer matters.
+    pub strength: f64,
+    /// Rows started near real rows keep the real values and take only the model's change (see
+    /// `FlowModel::sample_class`).
+    pub residual: bool,
 }
 
 impl SamplerOptions {
@@ -113,7 +121,14 @@ impl SamplerOptions {
             steps,
             guidance,
             churn: 0.0,
+            strength: 1.0,
+            residual: true,
         }
+    }
+
+    /// The schedule step the sampler starts at (0 = sigma_max).
+    pub fn first_step(&self) -> usize {
+        (((1.0 - self.strength) * self.steps as f64).round() as usize).min(self.steps - 1)
     }
 }
 
@@ -136,12 +151,15 @@ pub fn sigma_schedule(steps: usize) -> Vec<f64> {
 
 /// Generates latents with EDM's Heun sampler (Karras et al., Algorithm 2).
 ///
-/// `latents` are `[B, d]` standard normals (the start, scaled by sigma_max here), `labels` `[B]`
-/// int64 the classes to generate. `churn_noise(i)` must return `[B, d]` standard normals for step
-/// `i`; it is called only when `opts.churn > 0`. Runs without gradient tracking.
+/// `noise` is `[B, d]` standard normals, scaled by the first sigma of the run (sigma_max unless
+/// `opts.strength` < 1) and added to `origin` (`[B, d]` latents to start near; `None` = zeros, plain
+/// generation). `labels` `[B]` int64 are the classes to generate. `churn_noise(i)` must return
+/// `[B, d]` standard normals for step `i`; it is called only when `opts.churn > 0`. Runs without
+/// gradient tracking.
 pub fn heun_sample(
     net: &Denoiser,
-    latents: &Tensor,
+    noise: &Tensor,
+    origin: Option<&Tensor>,
     labels: &Tensor,
     opts: &SamplerOptions,
     churn_noise: &mut dyn FnMut(usize) -> Result<Tensor>,
@@ -150,6 +168,12 @@ pub fn heun_sample(
         return Err(ModelError::InvalidConfig {
             key: "model.sampler_steps",
             reason: format!("{} steps; the sampler needs at least 2", opts.steps),
+        });
+    }
+    if !(opts.strength > 0.0 && opts.strength <= 1.0) {
+        return Err(ModelError::InvalidConfig {
+            key: "model.sampler_strength",
+            reason: format!("{} is not in (0, 1]", opts.strength),
         });
     }
     if !opts.guidance.is_finite() || !opts.churn.is_finite() || opts.churn < 0.0 {
@@ -162,8 +186,8 @@ pub fn heun_sample(
         });
     }
     let _guard = tch::no_grad_guard();
-    let rows = latents.size()[0];
-    let device = latents.device();
+    let rows = noise.size()[0];
+    let device = noise.device();
     let guided = (opts.guidance - 1.0).abs() > 1e-12;
     let null = Tensor::full([rows], net.null_class(), (Kind::Int64, device));
     let both_labels = Tensor::cat(&[labels, &null], 0);
@@ -181,8 +205,12 @@ pub fn heun_sample(
         }
     };
     let t = sigma_schedule(opts.steps);
-    let mut x = latents.to_kind(Kind::Float) * t[0];
-    for i in 0..opts.steps {
+    let first = opts.first_step();
+    let mut x = noise.to_kind(Kind::Float) * t[first];
+    if let Some(origin) = origin {
+        x += origin.to_kind(Kind::Float);
+    }
+    for i in first..opts.steps {
         let (t_cur, t_next) = (t[i], t[i + 1]);
         let gamma = if opts.churn > 0.0 {
             (opts.churn / opts.steps as f64).min(2f64.sqrt() - 1.0)
@@ -219,5 +247,15 @@ mod tests {
         assert!((t[19] - SIGMA_MIN).abs() < 1e-12);
         assert_eq!(t[20], 0.0);
         assert!(t.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn strength_picks_the_first_step_like_img2img() {
+        let mut o = SamplerOptions::new(20, 1.0);
+        assert_eq!(o.first_step(), 0);
+        o.strength = 0.5;
+        assert_eq!(o.first_step(), 10);
+        o.strength = 0.01;
+        assert_eq!(o.first_step(), 19, "at least one step is run");
     }
 }

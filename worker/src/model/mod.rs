@@ -15,6 +15,7 @@
 
 pub mod denoiser;
 pub mod edm;
+mod epoch;
 pub mod error;
 mod layers;
 pub mod optim;
@@ -38,12 +39,16 @@ pub use preprocess::{Batch, Preprocessor, probit};
 pub use trainer::{Alone, EpochReport, Partition, Replicas, Stage, TrainState, Trainer};
 pub use vae::{Vae, VaeLoss, VaeShape};
 
-use layers::{Builder, matrix};
+use layers::{Builder, int_vector, matrix};
 use rng::{Stream, derive, row_normals, tag};
 
 /// Rows generated (and decoded) per chunk in [`FlowModel::sample`]; bounds memory for large
 /// requests.
 pub const SAMPLE_CHUNK_ROWS: usize = 4096;
+
+/// Nearest same-class neighbours each anchor may be interpolated with in neighbourhood sampling
+/// (SMOTE's k).
+pub const ANCHOR_NEIGHBOURS: i64 = 5;
 
 /// Name of the per-dimension latent mean buffer (`[latent_dim]`).
 pub const LATENT_MEAN: &str = "latent.mean";
@@ -306,8 +311,124 @@ impl FlowModel {
         self.sample_with(labels, &SamplerOptions::new(steps, guidance), seed)
     }
 
-    /// [`FlowModel::sample`] with all sampler options (e.g. churn).
+    /// [`FlowModel::sample`] with all sampler options (e.g. churn). Generation from pure noise:
+    /// `opts.strength` must be 1 (see [`FlowModel::sample_class`] for the rest).
     pub fn sample_with(&self, labels: &[u32], opts: &SamplerOptions, seed: u64) -> Result<Table> {
+        self.check_labels(labels)?;
+        if opts.strength < 1.0 {
+            return Err(ModelError::InvalidConfig {
+                key: "model.sampler_strength",
+                reason: "generation from noise runs the whole schedule (strength 1); pass real \
+                         rows to start near to sample_class"
+                    .into(),
+            });
+        }
+        let mut out = self.empty_table();
+        for start in (0..labels.len()).step_by(SAMPLE_CHUNK_ROWS) {
+            let chunk = &labels[start..(start + SAMPLE_CHUNK_ROWS).min(labels.len())];
+            let ids: Vec<u64> = (start as u64..(start + chunk.len()) as u64).collect();
+            out.append(&self.generate(chunk, &ids, None, opts, seed)?);
+        }
+        Ok(out)
+    }
+
+    /// Encodes real rows of one class as starting points for [`FlowModel::sample_class`]: their
+    /// diffusion-space latents and each one's nearest same-class neighbours in that space.
+    pub fn anchors(&self, rows: &Table) -> Result<Anchors> {
+        if !self.latent_fitted()? {
+            return Err(ModelError::NotFitted);
+        }
+        if rows.rows() == 0 {
+            return Err(ModelError::EmptyData {
+                what: "rows to sample near",
+            });
+        }
+        let (mut parts, mut nums, mut cats) = (Vec::new(), Vec::new(), Vec::new());
+        for start in (0..rows.rows()).step_by(SAMPLE_CHUNK_ROWS) {
+            let idx: Vec<usize> = (start..(start + SAMPLE_CHUNK_ROWS).min(rows.rows())).collect();
+            let batch = self.pre.encode(&rows.select(&idx), self.device)?;
+            parts.push(self.encode_latent(&batch)?);
+            nums.push(batch.num);
+            cats.push(batch.cat);
+        }
+        let latents = Tensor::f_cat(&parts, 0)?;
+        let num = Tensor::f_cat(&nums, 0)?;
+        let cat = Tensor::f_cat(&cats, 0)?;
+        let n = rows.rows() as i64;
+        let k = ANCHOR_NEIGHBOURS.min(n - 1);
+        let neighbours = if k > 0 {
+            let _guard = tch::no_grad_guard();
+            let mut found = Vec::new();
+            let norms = latents
+                .f_square()?
+                .f_sum_dim_intlist(1, false, Kind::Float)?;
+            for start in (0..n).step_by(SAMPLE_CHUNK_ROWS) {
+                let len = (n - start).min(SAMPLE_CHUNK_ROWS as i64);
+                let q = latents.f_narrow(0, start, len)?;
+                // Squared distances |q|^2 + |l|^2 - 2 q.l (ranking only).
+                let d = norms.f_narrow(0, start, len)?.f_unsqueeze(1)? + norms.f_unsqueeze(0)?
+                    - q.f_matmul(&latents.f_transpose(0, 1)?)? * 2.0;
+                // The row itself is at distance 0: take k + 1 and drop the first.
+                let (_, idx) = d.f_topk(k + 1, 1, false, true)?;
+                found.push(idx.f_narrow(1, 1, k)?);
+            }
+            Some(Tensor::f_cat(&found, 0)?)
+        } else {
+            None
+        };
+        Ok(Anchors {
+            latents,
+            num,
+            cat,
+            neighbours,
+        })
+    }
+
+    /// `count` new rows of class `label`. With `anchors` (real rows of the class, see
+    /// [`FlowModel::anchors`]) this is neighbourhood sampling: each row starts at a point on the
+    /// segment between a random anchor and one of its nearest neighbours (a SMOTE step in latent
+    /// space), is noised to the sigma that `opts.strength` selects and denoised conditioned on
+    /// `label`; low strength gives close variations of real rows, strength 1 plain generation.
+    /// Without anchors the rows are generated from pure noise (strength must be 1). Row `i`'s
+    /// anchor, partner and noise depend only on `(seed, first_id + i)`, so a caller can draw
+    /// more rows later without changing the first ones.
+    pub fn sample_class(
+        &self,
+        label: u32,
+        count: usize,
+        anchors: Option<&Anchors>,
+        opts: &SamplerOptions,
+        seed: u64,
+        first_id: u64,
+    ) -> Result<Table> {
+        self.check_labels(&[label])?;
+        if anchors.is_none() && opts.strength < 1.0 {
+            return Err(ModelError::InvalidConfig {
+                key: "model.sampler_strength",
+                reason: format!(
+                    "strength {} needs real rows of the class to start near",
+                    opts.strength
+                ),
+            });
+        }
+        let key = derive(seed, &[tag::NEIGHBOURHOOD]);
+        let mut out = self.empty_table();
+        for start in (0..count).step_by(SAMPLE_CHUNK_ROWS) {
+            let len = SAMPLE_CHUNK_ROWS.min(count - start);
+            let ids: Vec<u64> = (0..len as u64)
+                .map(|i| first_id + start as u64 + i)
+                .collect();
+            let labels = vec![label; len];
+            let start = match anchors {
+                Some(anchors) => Some(anchors.starts(key, &ids, self.device)?),
+                None => None,
+            };
+            out.append(&self.generate(&labels, &ids, start.as_ref(), opts, seed)?);
+        }
+        Ok(out)
+    }
+
+    fn check_labels(&self, labels: &[u32]) -> Result<()> {
         if !self.latent_fitted()? {
             return Err(ModelError::NotFitted);
         }
@@ -318,36 +439,118 @@ impl FlowModel {
                 classes,
             });
         }
+        Ok(())
+    }
+
+    fn empty_table(&self) -> Table {
+        Table {
+            numeric: vec![Vec::new(); self.pre.n_num()],
+            categorical: vec![Vec::new(); self.pre.n_cat()],
+            labels: Vec::new(),
+        }
+    }
+
+    /// Runs the sampler for one chunk of rows (`ids` key their noise), from pure noise or near
+    /// `start`, and decodes the latents. With `opts.residual` a row started near real rows keeps
+    /// their preprocessed values and takes only the model's change: the decoded sample minus the
+    /// decoded start (for a categorical, the decoded sample's category where it differs from the
+    /// decoded start's). The VAE's reconstruction error, which would otherwise blur every value
+    /// of a small class, then cancels.
+    fn generate(
+        &self,
+        labels: &[u32],
+        ids: &[u64],
+        start: Option<&Start>,
+        opts: &SamplerOptions,
+        seed: u64,
+    ) -> Result<Table> {
         let _guard = tch::no_grad_guard();
         let dim = self.latent_dim() as usize;
         let key = derive(seed, &[tag::SAMPLE]);
         let churn_key = derive(seed, &[tag::CHURN]);
-        let mut out: Option<Table> = None;
-        for start in (0..labels.len()).step_by(SAMPLE_CHUNK_ROWS) {
-            let chunk = &labels[start..(start + SAMPLE_CHUNK_ROWS).min(labels.len())];
-            let ids: Vec<u64> = (start as u64..(start + chunk.len()) as u64).collect();
-            let x0 = matrix(&row_normals(key, &ids, dim), ids.len(), dim, self.device)?;
-            let codes: Vec<i64> = chunk.iter().map(|&l| i64::from(l)).collect();
-            let y = Tensor::f_from_slice(&codes)?.f_to_device(self.device)?;
-            let device = self.device;
-            let mut churn = |step: usize| -> Result<Tensor> {
-                let k = derive(churn_key, &[step as u64]);
-                matrix(&row_normals(k, &ids, dim), ids.len(), dim, device)
-            };
-            let z = edm::heun_sample(&self.denoiser, &x0, &y, opts, &mut churn)?;
-            let latent = z * 2.0 + self.latent_mean.unsqueeze(0);
-            let (num, cat) = self.vae.decode(&latent)?;
-            let part = self.pre.decode(&num, &cat, chunk)?;
-            match &mut out {
-                Some(t) => t.append(&part),
-                None => out = Some(part),
-            }
+        let x0 = matrix(&row_normals(key, ids, dim), ids.len(), dim, self.device)?;
+        let codes: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+        let y = int_vector(&codes, self.device)?;
+        let device = self.device;
+        let mut churn = |step: usize| -> Result<Tensor> {
+            let k = derive(churn_key, &[step as u64]);
+            matrix(&row_normals(k, ids, dim), ids.len(), dim, device)
+        };
+        let origin = start.map(|s| &s.latent);
+        let z = edm::heun_sample(&self.denoiser, &x0, origin, &y, opts, &mut churn)?;
+        let decode = |z: &Tensor| self.vae.decode(&(z * 2.0 + self.latent_mean.unsqueeze(0)));
+        let (mut num, mut cat) = decode(&z)?;
+        if let Some(s) = start.filter(|_| opts.residual) {
+            let (num0, cat0) = decode(&s.latent)?;
+            num = &s.num + (num - num0);
+            cat = s.cat.f_where_self(&cat.f_eq_tensor(&cat0)?, &cat)?;
         }
-        Ok(out.unwrap_or_else(|| Table {
-            numeric: vec![Vec::new(); self.pre.n_num()],
-            categorical: vec![Vec::new(); self.pre.n_cat()],
-            labels: Vec::new(),
-        }))
+        self.pre.decode(&num, &cat, labels)
+    }
+}
+
+/// Where neighbourhood sampling starts a chunk of rows: a point between two real rows of the
+/// class, in latent space and in preprocessed values.
+struct Start {
+    /// `[B, latent_dim]` diffusion-space latents.
+    latent: Tensor,
+    /// `[B, n_num]` the same interpolation of the two rows' normal scores.
+    num: Tensor,
+    /// `[B, n_cat]` the nearer row's categorical codes.
+    cat: Tensor,
+}
+
+/// Real rows of one class encoded for [`FlowModel::sample_class`].
+#[derive(Debug)]
+pub struct Anchors {
+    /// `[n, latent_dim]` diffusion-space latents.
+    latents: Tensor,
+    /// `[n, n_num]` normal scores and `[n, n_cat]` codes of the rows (the preprocessed values).
+    num: Tensor,
+    cat: Tensor,
+    /// `[n, k]` int64: each anchor's nearest other anchors (`None` for a single anchor).
+    neighbours: Option<Tensor>,
+}
+
+impl Anchors {
+    /// For each id, a start between a random anchor and one of its neighbours, drawn from
+    /// `(key, id)`.
+    fn starts(&self, key: u64, ids: &[u64], device: Device) -> Result<Start> {
+        let n = self.len() as u64;
+        let (mut a, mut b, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        for &id in ids {
+            let mut s = Stream::new(derive(key, &[id]));
+            let anchor = s.below(n) as i64;
+            a.push(anchor);
+            b.push(match &self.neighbours {
+                Some(nb) => nb.f_int64_value(&[anchor, s.below(nb.size()[1] as u64) as i64])?,
+                None => anchor,
+            });
+            w.push(s.uniform() as f32);
+        }
+        let (a, b) = (int_vector(&a, device)?, int_vector(&b, device)?);
+        let nearer_is_b = matrix(&w, ids.len(), 1, device)?.f_ge(0.5)?;
+        let w = matrix(&w, ids.len(), 1, device)?;
+        let mix = |t: &Tensor| -> Result<Tensor> {
+            let ta = t.f_index_select(0, &a)?;
+            let tb = t.f_index_select(0, &b)?;
+            Ok(&ta + (tb - &ta) * &w)
+        };
+        let cat_b = self.cat.f_index_select(0, &b)?;
+        let cat_a = self.cat.f_index_select(0, &a)?;
+        Ok(Start {
+            latent: mix(&self.latents)?,
+            num: mix(&self.num)?,
+            cat: cat_b.f_where_self(&nearer_is_b, &cat_a)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.latents.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

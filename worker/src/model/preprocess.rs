@@ -2,14 +2,25 @@
 //! codes for categoricals, both fixed by the dataset manifest (global statistics, so every worker
 //! encodes identically).
 //!
-//! The numeric transform is scikit-learn's `QuantileTransformer(output_distribution="normal")`
-//! (what TabSyn uses), rebuilt from the manifest's quantile grid: a value goes to its empirical
-//! CDF by linear interpolation over the grid, is clipped to [1e-7, 1 - 1e-7] and mapped through
-//! the standard normal quantile function. Decoding runs backwards (normal CDF, then interpolation
-//! from probabilities to the grid), so decoded values always lie within the training range
-//! [min, max].
+//! The numeric transform is a normal-output quantile transform rebuilt from the manifest's
+//! quantile grid: a value goes to its empirical CDF by linear interpolation over the grid, is
+//! clipped to [1e-7, 1 - 1e-7] and mapped through the standard normal quantile function. Decoding
+//! runs backwards (normal CDF, then interpolation from probabilities to the grid), so decoded
+//! values always lie within the training range [min, max].
+//!
+//! Between point masses this is exactly scikit-learn's
+//! `QuantileTransformer(output_distribution="normal")`, which TabSyn uses (tested against values
+//! computed by scikit-learn). It departs from it, by design, at a value that holds a block of
+//! probability mass, the common case in flow data (zero payload bytes, zero error rates, a
+//! saturated rate of 1.0). scikit-learn sends every value within 1e-7 of the column's minimum to
+//! the clip bound (about -5.2) and every value at the maximum to +5.2, so a column that is 30%
+//! zeros becomes 30% of rows at -5.2 next to a continuous part starting at -0.5: an outlier the
+//! size of the whole remaining range that dominates the reconstruction loss. Here a point mass,
+//! at the minimum, the maximum or inside, maps to the middle of its probability block (the zeros
+//! of that column to probit(0.15) = -1.04), and the whole block decodes back to the value
+//! exactly, so the model sees a well-placed mode and the transform is exactly invertible on it.
 
-use flowsynth_common::manifest::{ColumnRole, DatasetManifest};
+use flowsynth_common::manifest::{ColumnRole, DType, DatasetManifest};
 use flowsynth_common::table::Table;
 use tch::{Device, Kind, Tensor};
 
@@ -126,7 +137,8 @@ impl QuantileMap {
         (q[j] + t * (q[j + 1] - q[j])).clamp(q[0], q[n - 1])
     }
 
-    /// Value -> standard-normal score.
+    /// Value -> standard-normal score: scikit-learn's normal-output QuantileTransformer, except
+    /// at a point mass (see the module docs), which maps to the middle of its probability block.
     pub fn forward(&self, x: f64) -> f64 {
         probit(self.cdf(x).clamp(BOUNDS, 1.0 - BOUNDS))
     }
@@ -238,6 +250,8 @@ pub fn probit(p: f64) -> f64 {
 pub struct Preprocessor {
     numeric_names: Vec<String>,
     maps: Vec<QuantileMap>,
+    /// Per numeric column: whether it holds whole numbers (decoded values are rounded).
+    integer: Vec<bool>,
     categorical_names: Vec<String>,
     cardinalities: Vec<i64>,
     classes: usize,
@@ -249,6 +263,7 @@ impl Preprocessor {
     pub fn new(manifest: &DatasetManifest) -> Result<Self> {
         let mut numeric_names = Vec::new();
         let mut maps = Vec::new();
+        let mut integer = Vec::new();
         let mut categorical_names = Vec::new();
         let mut cardinalities = Vec::new();
         let mut classes = None;
@@ -263,6 +278,7 @@ impl Preprocessor {
                         })?;
                     maps.push(QuantileMap::new(&c.name, stats.quantiles.clone())?);
                     numeric_names.push(c.name.clone());
+                    integer.push(c.dtype == DType::Int64 || stats.whole_numbers);
                 }
                 ColumnRole::Categorical | ColumnRole::Label => {
                     let k = c
@@ -298,6 +314,7 @@ impl Preprocessor {
         Ok(Self {
             numeric_names,
             maps,
+            integer,
             categorical_names,
             cardinalities,
             classes,
@@ -409,8 +426,8 @@ impl Preprocessor {
 
     /// Decodes model output to rows: `num` `[N, n_num]` (normal scores, any float kind and
     /// device), `cat_codes` `[N, n_cat]` (codes), `labels` (N class codes, copied as given).
-    /// Numeric values come back within each column's [min, max]; integer columns are rounded by
-    /// the Parquet writer, not here.
+    /// Numeric values come back within each column's [min, max]; integer columns are rounded to
+    /// integers (the values the Parquet writer stores, so copies of real rows can be recognised).
     pub fn decode(&self, num: &Tensor, cat_codes: &Tensor, labels: &[u32]) -> Result<Table> {
         let n = labels.len();
         let expect = |name: &str, t: &Tensor, cols: usize| -> Result<()> {
@@ -439,10 +456,12 @@ impl Preprocessor {
             .iter()
             .enumerate()
             .map(|(c, map)| {
-                u[c * n..(c + 1) * n]
-                    .iter()
-                    .map(|&p| map.quantile(p))
-                    .collect()
+                let values = u[c * n..(c + 1) * n].iter().map(|&p| map.quantile(p));
+                if self.integer[c] {
+                    values.map(f64::round).collect()
+                } else {
+                    values.collect()
+                }
             })
             .collect();
         let codes: Vec<i64> = Vec::try_from(
@@ -524,6 +543,78 @@ mod tests {
                 "p={p}: cdf(probit) = {back}"
             );
         }
+    }
+
+    /// scikit-learn 1.9.1's output on the column of `tests/reference/quantile_reference.py`.
+    #[test]
+    fn quantile_transform_matches_scikit_learn_off_the_point_masses() {
+        #[allow(clippy::excessive_precision)]
+        let quantiles = vec![
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            3.3000000000000043,
+            7.5,
+            11.400000000000002,
+            19.200000000000006,
+            27.0,
+            34.800000000000004,
+            42.60000000000001,
+            50.40000000000001,
+            58.199999999999996,
+            66.0,
+            73.80000000000001,
+            81.60000000000001,
+            89.4,
+            97.19999999999999,
+            105.0,
+        ];
+        let m = QuantileMap::new("c", quantiles).unwrap();
+        #[allow(clippy::excessive_precision)]
+        let sklearn = [
+            (0.7, -0.6414780751136814),
+            (3.0, -0.5375191062027732),
+            (7.5, -0.3853204664075676),
+            (10.0, -0.3000977910289582),
+            (33.3, 0.10140273023843814),
+            (60.0, 0.5578847628395989),
+            (104.0, 2.4887165662938613),
+            // The clip bounds: scikit-learn clips at ppf(1e-7 - eps), 4e-10 away.
+            (105.0, 5.19933758270342),
+            (-1.0, -5.199337582605575),
+            (200.0, 5.19933758270342),
+        ];
+        for (x, want) in sklearn {
+            let got = m.forward(x);
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{x}: {got} vs scikit-learn {want}"
+            );
+        }
+        // The point mass at the minimum (quantile blocks 0..5 of 20, probability [0, 0.25]):
+        // scikit-learn gives -5.199337582605575; here the middle of the block, probit(0.125).
+        assert!((m.forward(0.0) - probit(0.125)).abs() < 1e-12);
+        assert_eq!(round_trip(&m, 0.0), 0.0);
+    }
+
+    #[test]
+    fn every_point_mass_decodes_back_exactly() {
+        // Masses at the minimum, inside the range and at the maximum.
+        let mut q = vec![0.0; 20];
+        q.extend((1..=40).map(|i| i as f64 * 0.25));
+        q.extend([10.0; 15]);
+        q.extend((41..=60).map(|i| i as f64 * 0.25));
+        q.extend([15.0; 25]);
+        let m = QuantileMap::new("c", q).unwrap();
+        for x in [0.0, 10.0, 15.0] {
+            assert_eq!(round_trip(&m, x), x, "{x}");
+        }
+        // The whole block of a mass decodes to it, not only its midpoint.
+        let u = 0.19 * 19.0 / 119.0;
+        assert_eq!(m.quantile(u), 0.0);
     }
 
     fn map() -> QuantileMap {

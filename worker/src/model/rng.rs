@@ -4,10 +4,11 @@
 //! tests running side by side) interleave their draws, and CPU and CUDA generators give different
 //! streams. Every random number of the model (initial weights, reparameterisation noise, EDM
 //! noise levels, label dropout, sampler noise) therefore comes from [`Stream`], a SplitMix64
-//! generator keyed by the run seed and a purpose. Noise is keyed *per row* (by a row id), so a row
-//! receives the same noise whatever batch it lands in: this is what lets N workers with batch B
-//! reproduce one worker with batch N*B, and makes a sample's first rows independent of how many
-//! rows were requested.
+//! generator keyed by the run seed and a purpose. Noise is keyed *per row*: in training by the
+//! row's slot in the epoch order, in sampling by the output row's index. A row therefore
+//! receives the same noise whatever batch or worker it lands in: this is what lets N workers with
+//! batch B reproduce one worker with batch N*B, and makes a sample's first rows independent of
+//! how many rows were requested.
 
 /// Purposes a key is derived for; distinct values keep the streams apart.
 pub(crate) mod tag {
@@ -18,6 +19,8 @@ pub(crate) mod tag {
     pub const SAMPLE: u64 = 0x5A3F;
     pub const CHURN: u64 = 0xC4A2;
     pub const SPLIT: u64 = 0x5B17;
+    pub const NEIGHBOURHOOD: u64 = 0x4E1B;
+    pub const ANCHORS: u64 = 0xA4C5;
 }
 
 /// One SplitMix64 output step (Steele, Lea, Flood 2014): a bijective 64-bit mixer.

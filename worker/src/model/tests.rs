@@ -1,5 +1,6 @@
 //! Behaviour of the model as a whole: determinism, checkpoint round trips, learning.
 
+use flowsynth_common::config::TrainConfig;
 use tch::{Device, Kind, Tensor};
 
 use super::testutil::*;
@@ -459,10 +460,16 @@ impl Replicas for ThreadRank<'_> {
 /// Trains `ranks` data-parallel trainers (rank r holds the rows `owner(row) == r`, in blocks of
 /// uneven size like row-group shards) for one VAE and one diffusion epoch and checks them
 /// against one trainer with the whole table and `ranks` times the batch.
-fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize + Sync) {
+fn check_data_parallel_equivalence(
+    ranks: usize,
+    owner: impl Fn(usize) -> usize + Sync,
+    epochs: impl Fn(&mut TrainConfig),
+) {
     let (table, manifest) = two_class_dataset(470, 12);
     let b = 40;
     let mut cfg = tiny_train(1, 1);
+    epochs(&mut cfg);
+    let rows = cfg.rows_per_epoch(470) as usize;
     cfg.batch_size = ranks * b;
     let mut single = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
     let vae_single = single
@@ -481,7 +488,6 @@ fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize 
                     tch::set_num_threads(1);
                     let idx: Vec<usize> = (0..table.rows()).filter(|&i| owner(i) == r).collect();
                     let mut t = Trainer::new(manifest, cfg, &tiny_model(), Device::Cpu).unwrap();
-                    t.set_row_ids(Some(idx.iter().map(|&i| i as u64).collect()));
                     t.set_partition(Some(Partition {
                         world: ranks,
                         global_rows: table.rows(),
@@ -508,7 +514,7 @@ fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize 
     };
     for (t, vae, diffusion) in &trained {
         assert_eq!(vae.steps, vae_single.steps);
-        assert_eq!(vae.rows, 470);
+        assert_eq!(vae.rows, rows);
         assert!((vae.loss - vae_single.loss).abs() < 1e-4 * vae_single.loss.abs().max(1.0));
         assert!(
             (diffusion.loss - diffusion_single.loss).abs()
@@ -531,21 +537,140 @@ fn check_data_parallel_equivalence(ranks: usize, owner: impl Fn(usize) -> usize 
             &trained[0].0.model().named_tensors()
         ));
     }
-    assert_eq!(vae_single.steps, 470usize.div_ceil(ranks * b));
+    assert_eq!(vae_single.steps, rows.div_ceil(ranks * b));
 }
 
 #[test]
 fn two_workers_match_one_worker_with_double_batch() {
-    // Uneven contiguous shards (as row groups would be): 300 and 170 rows.
-    check_data_parallel_equivalence(2, |i| usize::from(i >= 300));
+    // Uneven contiguous shards (as row groups would be): 300 and 170 rows; the default
+    // class-balanced epochs.
+    check_data_parallel_equivalence(2, |i| usize::from(i >= 300), |_| {});
+}
+
+#[test]
+fn two_workers_match_one_worker_on_plain_and_thinned_epochs() {
+    // Every row once per epoch, in the data's proportions.
+    check_data_parallel_equivalence(
+        2,
+        |i| usize::from(i >= 300),
+        |c| {
+            c.class_balance = 0.0;
+            c.epoch_rows = 0;
+        },
+    );
+    // A tempered draw of 300 of the 470 rows per epoch.
+    check_data_parallel_equivalence(
+        2,
+        |i| usize::from(i % 3 == 0),
+        |c| {
+            c.class_balance = 0.5;
+            c.epoch_rows = 300;
+        },
+    );
 }
 
 #[test]
 fn three_workers_with_uneven_shards_match_one_worker() {
     // 200 / 265 / 5 rows: most global batches hold no row of rank 2 (it contributes zeros).
-    check_data_parallel_equivalence(3, |i| match i {
-        0..200 => 0,
-        200..465 => 1,
-        _ => 2,
-    });
+    check_data_parallel_equivalence(
+        3,
+        |i| match i {
+            0..200 => 0,
+            200..465 => 1,
+            _ => 2,
+        },
+        |_| {},
+    );
+}
+
+/// A small model trained briefly on the two-class table (both stages).
+fn briefly_trained(rows: usize) -> (Trainer, Table) {
+    let (table, manifest) = two_class_dataset(rows, 21);
+    let mut cfg = tiny_train(4, 8);
+    cfg.batch_size = 100;
+    let mut t = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+    while t.state().stage != Stage::Done {
+        t.run_epoch(&table, &Table::default(), &mut no_hook())
+            .unwrap();
+    }
+    (t, table)
+}
+
+#[test]
+fn neighbourhood_sampling_stays_near_its_class_and_is_reproducible_in_parts() {
+    let (t, table) = briefly_trained(600);
+    let m = t.model();
+    let ones: Vec<usize> = (0..table.rows())
+        .filter(|&i| table.labels[i] == 1)
+        .collect();
+    let class1 = table.select(&ones);
+    let anchors = m.anchors(&class1).unwrap();
+    assert_eq!(anchors.len(), class1.rows());
+    let mut opts = SamplerOptions::new(10, 1.0);
+    opts.strength = 0.15;
+    let a = m.sample_class(1, 300, Some(&anchors), &opts, 5, 0).unwrap();
+    assert_eq!(a.labels, vec![1; 300]);
+    // Close variations of class 1 (n0 ~ N(2, 1), n1 around 6), unlike class 0 (0 and 1).
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let n0 = mean(&a.numeric[0]);
+    let n1 = mean(&a.numeric[1]);
+    assert!((n0 - mean(&class1.numeric[0])).abs() < 0.4, "n0 mean {n0}");
+    assert!((n1 - mean(&class1.numeric[1])).abs() < 1.0, "n1 mean {n1}");
+    // Integer-valued columns decode to whole numbers.
+    assert!(a.numeric[1].iter().all(|v| v.fract() == 0.0));
+    // Seeded, and a later draw (first_id) continues the same sequence.
+    let again = m.sample_class(1, 300, Some(&anchors), &opts, 5, 0).unwrap();
+    assert_eq!(again, a);
+    let part = m
+        .sample_class(1, 100, Some(&anchors), &opts, 5, 100)
+        .unwrap();
+    let idx: Vec<usize> = (100..200).collect();
+    assert_eq!(part, a.select(&idx));
+    // Without real rows to start near, only full-strength generation is possible.
+    let err = m.sample_class(1, 10, None, &opts, 5, 0).unwrap_err();
+    assert!(err.to_string().contains("sampler_strength"), "{err}");
+    opts.strength = 1.0;
+    assert_eq!(m.sample_class(1, 10, None, &opts, 5, 0).unwrap().rows(), 10);
+}
+
+#[test]
+fn residual_decoding_keeps_the_real_values_the_model_does_not_change() {
+    let (t, table) = briefly_trained(400);
+    let m = t.model();
+    // One anchor: every start is that row itself.
+    let row = table.select(&[7]);
+    let anchors = m.anchors(&row).unwrap();
+    let mut opts = SamplerOptions::new(10, 1.0);
+    // The shortest run of the schedule: one step from sigma_min.
+    opts.strength = 0.01;
+    let label = row.labels[0];
+    let kept = m
+        .sample_class(label, 50, Some(&anchors), &opts, 3, 0)
+        .unwrap();
+    opts.residual = false;
+    let decoded = m
+        .sample_class(label, 50, Some(&anchors), &opts, 3, 0)
+        .unwrap();
+    let off = |rows: &Table| {
+        rows.numeric[0]
+            .iter()
+            .map(|v| (v - row.numeric[0][0]).abs())
+            .fold(0.0, f64::max)
+    };
+    // The model barely moves the start, so the residual rows keep the real values (the integer
+    // column and the category exactly); the plainly decoded rows carry the VAE's reconstruction
+    // error.
+    assert!(off(&kept) < 0.05, "residual rows moved {}", off(&kept));
+    assert!(kept.numeric[1].iter().all(|&v| v == row.numeric[1][0]));
+    assert!(
+        kept.categorical[0]
+            .iter()
+            .all(|&c| c == row.categorical[0][0])
+    );
+    assert!(
+        off(&kept) < off(&decoded),
+        "residual {} vs decoded {}",
+        off(&kept),
+        off(&decoded)
+    );
 }

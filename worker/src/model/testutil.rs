@@ -51,6 +51,7 @@ pub fn manifest_for(
                 DType::Float64
             },
             stats: Some(NumericStats {
+                whole_numbers: false,
                 min: q[0],
                 max: q[q.len() - 1],
                 mean,

@@ -16,6 +16,7 @@ use tch::{Device, Tensor};
 
 use super::FlowModel;
 use super::edm::EdmNoise;
+use super::epoch::epoch_order;
 use super::error::{ModelError, Result};
 use super::layers::scalar;
 use super::optim::{Adam, AdamConfig};
@@ -152,10 +153,22 @@ pub struct Trainer {
     diffusion_opt: Adam,
     state: TrainState,
     train: TrainConfig,
-    /// Global id of each training-table row (noise keys); `None`: the row's index.
-    row_ids: Option<Vec<u64>>,
     /// Data-parallel layout; `None`: this trainer holds the whole training set.
     sharding: Option<Sharding>,
+    /// Class of every dataset-wide training position (gathered from all ranks once), for
+    /// class-tempered epochs; `None` until first needed.
+    position_labels: Option<Vec<u32>>,
+}
+
+/// One optimiser step's rows on this rank.
+struct StepRows {
+    /// Rows of this rank's training table.
+    local: Vec<usize>,
+    /// Each row's slot in the epoch order: keys its noise, so a row gets the same noise on
+    /// whichever rank holds it, and a row drawn twice in an epoch gets two draws.
+    slots: Vec<u64>,
+    /// Rows in the whole global batch (all ranks).
+    global: usize,
 }
 
 impl Trainer {
@@ -194,8 +207,8 @@ impl Trainer {
                 epochs_without_improvement: 0,
             },
             train: train.clone(),
-            row_ids: None,
             sharding: None,
+            position_labels: None,
         })
     }
 
@@ -217,19 +230,19 @@ impl Trainer {
         self.state = state;
     }
 
-    /// The dataset-wide id of each row of the training table that `run_epoch` will get (by
-    /// default a row's id is its index in that table). Reparameterisation and diffusion noise are
-    /// keyed by these ids, so a row gets the same noise on whichever worker holds it: with
-    /// gradients averaged across workers, N workers with batch B then reproduce one worker with
-    /// batch N*B.
-    pub fn set_row_ids(&mut self, ids: Option<Vec<u64>>) {
-        self.row_ids = ids;
+    /// Reopens the denoiser stage of a finished run (restored from its final checkpoint) so that
+    /// a larger `diffusion_epochs` trains it further; a run that is not finished is unchanged.
+    pub fn continue_diffusion(&mut self) {
+        if self.state.stage == Stage::Done {
+            self.state.stage = Stage::Diffusion;
+        }
     }
 
     /// Makes this trainer one rank of a data-parallel job (see the module docs); `None` (the
     /// default) trains on the whole table alone. Positions out of range or repeated are refused.
     pub fn set_partition(&mut self, partition: Option<Partition>) -> Result<()> {
         self.sharding = partition.map(Sharding::new).transpose()?;
+        self.position_labels = None;
         Ok(())
     }
 
@@ -308,17 +321,6 @@ impl Trainer {
         if global_rows == 0 {
             return Err(ModelError::EmptyData { what: "training" });
         }
-        if let Some(ids) = &self.row_ids
-            && ids.len() != train.rows()
-        {
-            return Err(ModelError::TableLayout {
-                reason: format!(
-                    "{} row ids were set for {} training rows",
-                    ids.len(),
-                    train.rows()
-                ),
-            });
-        }
         // A stage configured with zero epochs is skipped.
         if self.state.stage == Stage::Vae && self.state.epoch_in_stage >= self.train.epochs {
             self.finish_vae(train, replicas)?;
@@ -331,34 +333,46 @@ impl Trainer {
         if self.state.stage == Stage::Done {
             return Err(ModelError::TrainingFinished);
         }
-        let batches = self.global_batches(global_rows);
+        let batches = self.global_batches(train, global_rows, replicas)?;
         match self.state.stage {
-            Stage::Vae => self.vae_epoch(train, val, global_rows, batches, replicas),
-            _ => self.diffusion_epoch(train, global_rows, batches, replicas),
+            Stage::Vae => self.vae_epoch(train, val, batches, replicas),
+            _ => self.diffusion_epoch(train, batches, replicas),
         }
     }
 
-    /// The epoch's global batches: for each step, this rank's rows (indices into its training
-    /// table) and the number of rows in the whole global batch.
-    fn global_batches(&self, global_rows: usize) -> Vec<(Vec<usize>, usize)> {
-        let order = self.order(global_rows);
-        let world = self.sharding.as_ref().map_or(1, |sh| sh.world);
-        order
-            .chunks(self.train.batch_size * world)
-            .map(|chunk| {
-                let local = match &self.sharding {
-                    None => chunk.to_vec(),
-                    Some(sh) => chunk
-                        .iter()
-                        .filter_map(|&p| match sh.local_of[p] {
-                            NOT_LOCAL => None,
-                            i => Some(i as usize),
-                        })
-                        .collect(),
+    /// The epoch's global batches: for each step, this rank's rows and their slots.
+    fn global_batches(
+        &mut self,
+        train: &Table,
+        global_rows: usize,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<StepRows>> {
+        let order = self.order(train, global_rows, replicas)?;
+        let global_batch = self.train.batch_size * self.sharding.as_ref().map_or(1, |sh| sh.world);
+        Ok(order
+            .chunks(global_batch)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let first = (k * global_batch) as u64;
+                let mut rows = StepRows {
+                    local: Vec::new(),
+                    slots: Vec::new(),
+                    global: chunk.len(),
                 };
-                (local, chunk.len())
+                for (j, &p) in chunk.iter().enumerate() {
+                    let local = match &self.sharding {
+                        None => p,
+                        Some(sh) => match sh.local_of[p] {
+                            NOT_LOCAL => continue,
+                            i => i as usize,
+                        },
+                    };
+                    rows.local.push(local);
+                    rows.slots.push(first + j as u64);
+                }
+                rows
             })
-            .collect()
+            .collect())
     }
 
     /// Gives every variable of `opt` a zero gradient: a rank with no rows in a global batch
@@ -385,24 +399,68 @@ impl Trainer {
         Ok(Vec::<f64>::try_from(t.f_to_device(Device::Cpu)?)?)
     }
 
-    /// The epoch's row order (global positions).
-    fn order(&self, rows: usize) -> Vec<usize> {
-        let key = derive(
-            self.train.seed,
-            &[
-                tag::PERMUTATION,
-                self.state.stage.key(),
-                self.state.epoch_in_stage as u64,
-            ],
-        );
-        permutation(key, rows)
+    /// The epoch's row order (global positions): a permutation of all training rows, or with
+    /// `class_balance` or `epoch_rows` set, a class-tempered draw (see `epoch`).
+    fn order(
+        &mut self,
+        train: &Table,
+        global_rows: usize,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<usize>> {
+        let rows = self.train.rows_per_epoch(global_rows as u64) as usize;
+        let stage_key = derive(self.train.seed, &[tag::PERMUTATION, self.state.stage.key()]);
+        let epoch = self.state.epoch_in_stage as u64;
+        if self.train.class_balance == 0.0 && rows == global_rows {
+            return Ok(permutation(derive(stage_key, &[epoch]), rows));
+        }
+        let classes = self.model.classes();
+        let balance = self.train.class_balance;
+        let labels = self.position_labels(train, global_rows, replicas)?;
+        Ok(epoch_order(
+            stage_key, epoch, labels, classes, balance, rows,
+        ))
     }
 
-    fn row_ids(&self, idx: &[usize]) -> Vec<u64> {
-        match &self.row_ids {
-            Some(ids) => idx.iter().map(|&i| ids[i]).collect(),
-            None => idx.iter().map(|&i| i as u64).collect(),
+    /// The class of every dataset-wide training position, gathered once from all ranks (each
+    /// fills in its own positions; a sum over ranks completes the vector).
+    fn position_labels(
+        &mut self,
+        train: &Table,
+        global_rows: usize,
+        replicas: &mut dyn Replicas,
+    ) -> Result<&[u32]> {
+        if self.position_labels.is_none() {
+            let labels = match &self.sharding {
+                None => train.labels.clone(),
+                Some(sh) => {
+                    // Labels + 1, so a position no rank filled in shows as 0. Class codes are
+                    // far below 2^24, exact in float32.
+                    let mut mine = vec![0f32; global_rows];
+                    for (p, &local) in sh.local_of.iter().enumerate() {
+                        if local != NOT_LOCAL {
+                            mine[p] = (train.labels[local as usize] + 1) as f32;
+                        }
+                    }
+                    let t = Tensor::f_from_slice(&mine)?.f_to_device(self.model.device())?;
+                    replicas.all_reduce_sum(std::slice::from_ref(&t))?;
+                    let all = Vec::<f32>::try_from(t.f_to_device(Device::Cpu)?)?;
+                    let mut labels = Vec::with_capacity(global_rows);
+                    for (p, v) in all.into_iter().enumerate() {
+                        if v < 1.0 || v.fract() != 0.0 {
+                            return Err(ModelError::TableLayout {
+                                reason: format!(
+                                    "training position {p} is held by no rank, or by several"
+                                ),
+                            });
+                        }
+                        labels.push(v as u32 - 1);
+                    }
+                    labels
+                }
+            };
+            self.position_labels = Some(labels);
         }
+        Ok(self.position_labels.as_deref().unwrap_or_default())
     }
 
     /// The rows `idx` of `table`, preprocessed onto the model's device.
@@ -416,8 +474,7 @@ impl Trainer {
         &mut self,
         train: &Table,
         val: &Table,
-        global_rows: usize,
-        batches: Vec<(Vec<usize>, usize)>,
+        batches: Vec<StepRows>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -428,16 +485,19 @@ impl Trainer {
         );
         let (mut mse, mut ce, mut kl) = (0.0, 0.0, 0.0);
         let mut steps = 0;
-        for (idx, global) in batches {
+        let mut rows = 0;
+        for step in batches {
+            let idx = &step.local;
+            rows += step.global;
             self.vae_opt.zero_grad();
             if idx.is_empty() {
                 Self::zero_gradients(&self.vae_opt)?;
             } else {
-                let batch = self.encode_rows(train, &idx)?;
-                let eps = self.model.vae_noise(noise_key, &self.row_ids(&idx))?;
+                let batch = self.encode_rows(train, idx)?;
+                let eps = self.model.vae_noise(noise_key, &step.slots)?;
                 let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
                 // This rank's share of the global batch's mean loss (exactly 1 when alone).
-                let share = idx.len() as f64 / global as f64;
+                let share = idx.len() as f64 / step.global as f64;
                 loss.total.f_mul_scalar(share)?.f_backward()?;
                 let w = idx.len() as f64;
                 mse += loss.mse * w;
@@ -452,7 +512,6 @@ impl Trainer {
             replicas.after_step(self.vae_opt.params())?;
         }
         let sums = self.sum_over_replicas(replicas, &[mse, ce, kl])?;
-        let rows = global_rows;
         let n = rows as f64;
         let (mse, ce, kl) = (sums[0] / n, sums[1] / n, sums[2] / n);
         let val_loss = match self.validation_loss(val, replicas)? {
@@ -545,8 +604,7 @@ impl Trainer {
     fn diffusion_epoch(
         &mut self,
         train: &Table,
-        global_rows: usize,
-        batches: Vec<(Vec<usize>, usize)>,
+        batches: Vec<StepRows>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -559,16 +617,19 @@ impl Trainer {
         );
         let mut loss_sum = 0.0;
         let mut steps = 0;
-        for (idx, global) in batches {
+        let mut rows = 0;
+        for step in batches {
+            let idx = &step.local;
+            rows += step.global;
             self.diffusion_opt.zero_grad();
             if idx.is_empty() {
                 Self::zero_gradients(&self.diffusion_opt)?;
             } else {
-                let batch = self.encode_rows(train, &idx)?;
+                let batch = self.encode_rows(train, idx)?;
                 let z = self.model.encode_latent(&batch)?;
-                let noise = EdmNoise::draw(noise_key, &self.row_ids(&idx), dim, dropout, device)?;
+                let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
                 let loss = self.model.denoiser_loss(&z, &batch.label, &noise)?;
-                let share = idx.len() as f64 / global as f64;
+                let share = idx.len() as f64 / step.global as f64;
                 loss.f_mul_scalar(share)?.f_backward()?;
                 loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
             }
@@ -580,7 +641,6 @@ impl Trainer {
             replicas.after_step(self.diffusion_opt.params())?;
         }
         let loss_sum = self.sum_over_replicas(replicas, &[loss_sum])?[0];
-        let rows = global_rows;
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
         let finished = epoch >= self.train.diffusion_epochs();

@@ -1,0 +1,176 @@
+//! Class-faithful rows for a sampling job: the real rows of each requested class (read once per
+//! worker), the model's anchors for neighbourhood sampling, and the acceptance step that keeps
+//! only rows that are new.
+//!
+//! A generated row that equals a training row feature for feature is a copy, not a sample (it is
+//! what random oversampling would give). Such rows are dropped and replaced by further draws, so
+//! every class still gets exactly the rows requested.
+
+use std::collections::{HashMap, HashSet};
+
+use flowsynth_common::dataset;
+use flowsynth_common::manifest::DatasetManifest;
+use flowsynth_common::store::{Location, block_on};
+use flowsynth_common::table::{self, Layout, Table};
+
+use crate::error::{Error, Result};
+use crate::model::rng::{Stream, derive, tag};
+use crate::model::{Anchors, FlowModel, SamplerOptions};
+
+/// Real rows of a requested class kept as anchors (a seeded reservoir sample of larger classes;
+/// the copy check still sees every row).
+pub const ROWS_PER_CLASS: usize = 5_000;
+
+/// Candidate rows drawn per requested row before a class is given up on.
+pub const MAX_DRAWS_PER_ROW: usize = 20;
+
+/// What a worker knows about the real rows of one requested class.
+pub struct RealClass {
+    /// Anchors for neighbourhood sampling (`None` when sampling from pure noise).
+    anchors: Option<Anchors>,
+}
+
+/// The real rows a sampling worker prepares once.
+pub struct RealRows {
+    pub classes: HashMap<u32, RealClass>,
+    /// Fingerprints of every training row ([`Table::row_fingerprint`]): 8 bytes a row.
+    pub fingerprints: HashSet<u64>,
+}
+
+/// Opens the checkpoint's training data, refusing data that changed since training (its rows
+/// would no longer be the ones the model learned).
+pub fn training_data(
+    ds: &DatasetManifest,
+    dataset_url: &str,
+    checkpoint_url: &str,
+) -> Result<Location> {
+    let data = Location::parse(dataset_url)?;
+    let current = block_on(dataset::load_manifest(&data))?;
+    if current.content_hash != ds.content_hash {
+        return Err(Error::Checkpoint {
+            location: checkpoint_url.to_string(),
+            reason: format!(
+                "its training data at {dataset_url} has changed since training (content hash \
+                 differs)"
+            ),
+        });
+    }
+    Ok(data)
+}
+
+/// A seeded reservoir sample (Algorithm R) of each class's rows while the data streams by.
+struct Reservoirs {
+    tables: HashMap<u32, Table>,
+    seen: HashMap<u32, u64>,
+    stream: Stream,
+}
+
+impl Reservoirs {
+    fn offer(&mut self, t: &Table, i: usize, layout: &Layout) {
+        let c = t.labels[i];
+        let seen = self.seen.entry(c).or_default();
+        *seen += 1;
+        let table = self.tables.entry(c).or_insert_with(|| Table::empty(layout));
+        if table.rows() < ROWS_PER_CLASS {
+            table.append(&t.select(&[i]));
+            return;
+        }
+        let j = self.stream.below(*seen) as usize;
+        if j < ROWS_PER_CLASS {
+            table.replace_row(j, t, i);
+        }
+    }
+}
+
+/// Reads the training data once and prepares sampling of `classes` (codes): the fingerprints of
+/// all rows and, when `near` is set, each requested class's anchors (at most
+/// [`ROWS_PER_CLASS`] of its rows, chosen by `seed`).
+pub fn real_rows(
+    model: &FlowModel,
+    data: &Location,
+    ds: &DatasetManifest,
+    classes: &HashSet<u32>,
+    near: bool,
+    seed: u64,
+    class_names: &[String],
+) -> Result<RealRows> {
+    let layout = Layout::new(ds)?;
+    let mut fingerprints = HashSet::new();
+    let mut kept = Reservoirs {
+        tables: HashMap::new(),
+        seen: HashMap::new(),
+        stream: Stream::new(derive(seed, &[tag::ANCHORS])),
+    };
+    for part in &ds.parts {
+        let bytes = block_on(data.get(&part.path))?;
+        let t = table::read_parquet(bytes, ds, &layout, None, &data.display(&part.path))?;
+        for i in 0..t.rows() {
+            fingerprints.insert(t.row_fingerprint(i));
+            if classes.contains(&t.labels[i]) {
+                kept.offer(&t, i, &layout);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for &c in classes {
+        let Some(rows) = kept.tables.get(&c) else {
+            let name = class_names.get(c as usize).map_or("?", String::as_str);
+            return Err(Error::Assignment {
+                reason: format!("class `{name}` has no rows in the training data"),
+            });
+        };
+        let anchors = if near {
+            Some(model.anchors(rows)?)
+        } else {
+            None
+        };
+        out.insert(c, RealClass { anchors });
+    }
+    Ok(RealRows {
+        classes: out,
+        fingerprints,
+    })
+}
+
+/// Exactly `count` new rows of class `label`: draws candidates ([`FlowModel::sample_class`]) and
+/// keeps those that copy no training row (of any class), drawing again until enough are kept.
+/// Fails, naming the class, when fewer than one in [`MAX_DRAWS_PER_ROW`] candidates is new.
+pub fn new_rows(
+    model: &FlowModel,
+    label: u32,
+    count: usize,
+    real: &RealRows,
+    opts: &SamplerOptions,
+    seed: u64,
+    class_name: &str,
+) -> Result<(Table, usize)> {
+    let mut kept = Table {
+        numeric: vec![Vec::new(); model.preprocessor().n_num()],
+        categorical: vec![Vec::new(); model.preprocessor().n_cat()],
+        labels: Vec::new(),
+    };
+    let mut drawn = 0usize;
+    while kept.rows() < count {
+        if drawn >= count.saturating_mul(MAX_DRAWS_PER_ROW) {
+            return Err(Error::Assignment {
+                reason: format!(
+                    "only {} of {drawn} rows generated for class `{class_name}` were not copies \
+                     of training rows; sample with a higher --strength",
+                    kept.rows()
+                ),
+            });
+        }
+        // Ask for what is missing plus a margin for the copies to be expected.
+        let missing = count - kept.rows();
+        let want = missing + missing / 8 + 16;
+        let anchors = real.classes.get(&label).and_then(|c| c.anchors.as_ref());
+        let rows = model.sample_class(label, want, anchors, opts, seed, drawn as u64)?;
+        drawn += want;
+        let new: Vec<usize> = (0..rows.rows())
+            .filter(|&i| !real.fingerprints.contains(&rows.row_fingerprint(i)))
+            .take(missing)
+            .collect();
+        kept.append(&rows.select(&new));
+    }
+    Ok((kept, drawn))
+}
