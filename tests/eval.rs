@@ -144,11 +144,19 @@ fn report_holds_every_metric_and_the_page_links_existing_plots() {
         .filter(|c| c["role"] != "label")
         .count();
     assert!(features >= 30, "{features}");
-    assert_eq!(r["columns"].as_array().unwrap().len(), features);
+    // The label is a column too, as in the tables SDMetrics' QualityReport would be given.
+    let columns = features + 1;
+    assert_eq!(r["columns"].as_array().unwrap().len(), columns);
     assert_eq!(
         r["pairs"].as_array().unwrap().len(),
-        features * (features - 1) / 2
+        columns * (columns - 1) / 2
     );
+    // The headline is SDMetrics 0.32's QualityReport on these two tables (values from
+    // eval/tests/reference/quality_report_reference.py).
+    for (key, want) in [("shape", 0.9872072072183152), ("trend", 0.951790372752743)] {
+        let got = r[key].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{key}: {got}, SDMetrics {want}");
+    }
     // The test slice has attacks the training slice lacks: said in the notes.
     let notes = r["notes"].to_string();
     assert!(notes.contains("absent from training"), "{notes}");
@@ -283,6 +291,41 @@ fn augment_only_keeps_the_named_classes_and_rejects_unknown_ones() {
         r["inputs"]["synthetic"]["class_counts"]
     );
     assert_eq!(r["downstream"]["detectors"].as_array().unwrap().len(), 2);
+    // Per class: both kept classes, each next to its real held-out rows (the test slice).
+    let per_class = r["per_class"].as_array().unwrap();
+    let mut names: Vec<&str> = per_class
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["portsweep", "satan"]);
+    for c in per_class {
+        assert!(c["train_rows"].as_u64().unwrap() > 0, "{c}");
+        unit(&c["shape"], "per-class shape");
+        unit(&c["agreement"], "agreement");
+        unit(&c["holdout_agreement"], "holdout agreement");
+        // Real rows of other parts of the same file: rarely exact copies.
+        assert!(c["copy_rate"].as_f64().unwrap() < 0.2, "{c}");
+    }
+    // The rare-class F1 averages the kept classes that the test slice holds, and the verdict
+    // compares it with real-only and SMOTE in words.
+    let rare = r["downstream"]["rare_classes"].as_array().unwrap();
+    assert!(!rare.is_empty());
+    for det in r["downstream"]["detectors"].as_array().unwrap() {
+        for s in det["settings"].as_array().unwrap() {
+            unit(&s["rare_f1"]["mean"], "rare_f1");
+        }
+    }
+    let verdict = &r["verdict"];
+    let lines = verdict["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{verdict}");
+    assert!(
+        lines[0].as_str().unwrap().contains("rare-class F1"),
+        "{verdict}"
+    );
+    assert!(lines[0].as_str().unwrap().contains("SMOTE"), "{verdict}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("id=verdict") && html.contains("id=classes"));
     // Constraints come from all training rows: a value valid elsewhere in the data is not made
     // invalid by the few real rows of the kept classes.
     let valid = r["validity"]["share_valid_rows"].as_f64().unwrap();

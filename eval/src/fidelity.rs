@@ -1,21 +1,44 @@
-//! Fidelity of marginals and pairwise dependence, with SDMetrics' definitions so the numbers
-//! compare with published tables:
+//! Fidelity of marginals and pairwise dependence, computed as SDMetrics' QualityReport (0.32)
+//! computes them, so the numbers compare with published tables:
 //!
 //! - KSComplement = 1 - D, D the two-sample Kolmogorov-Smirnov statistic (numeric columns);
 //! - TVComplement = 1 - TVD, TVD = ½ Σ |p_real - p_syn| over categories (categorical columns);
 //! - CorrelationSimilarity = 1 - |r_real - r_syn| / 2, Pearson r (numeric pairs);
 //! - ContingencySimilarity = 1 - ½ Σ |p_real(a,b) - p_syn(a,b)| over the joint table (categorical
-//!   and mixed pairs; numerics cut into 10 equal-width bins over the real range, outer bins open);
-//! - shape and trend = the mean of the defined column and pair scores.
+//!   and mixed pairs). A numeric column is cut into 10 equal-width bins over *its own side's*
+//!   range (`numpy.histogram_bin_edges`, then `numpy.digitize`), real and synthetic separately,
+//!   as the report does;
+//! - shape = the mean of the defined column scores; trend = the mean of the scores of the pairs
+//!   whose real dependence is strong enough to judge: |r_real| > 0.5 for a numeric pair,
+//!   Cramér's V of the real contingency table > 0.3 otherwise (QualityReport's default
+//!   thresholds). The other pairs are scored and listed but do not count.
 //!
 //! Pearson r is undefined for a constant column: such pairs score NaN (None in the report) and
 //! are left out of the trend, and the report lists the column with the reason.
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::index::sample;
 
 use crate::frame::{Frame, Kind, Schema, Values};
 use crate::report::{ColumnScore, PairScore, Skipped};
 
 /// Number of equal-width bins a numeric column is cut into for ContingencySimilarity.
 pub const CONTINGENCY_BINS: usize = 10;
+
+/// QualityReport's `num_rows_subsample`: a contingency pair of tables larger than this is
+/// scored on a random subsample of this many rows of each side (SDMetrics draws a fresh,
+/// unseeded sample per pair; here one seeded sample serves every pair, so the figure is
+/// reproducible and differs from SDMetrics' only by sampling noise).
+pub const CONTINGENCY_SUBSAMPLE_ROWS: usize = 50_000;
+
+/// QualityReport's default `real_correlation_threshold`: numeric pairs count in the trend only
+/// when the real |Pearson r| exceeds it.
+pub const CORRELATION_THRESHOLD: f64 = 0.5;
+
+/// QualityReport's default `real_association_threshold`: other pairs count only when the real
+/// data's Cramér's V exceeds it.
+pub const ASSOCIATION_THRESHOLD: f64 = 0.3;
 
 /// Two-sample Kolmogorov-Smirnov statistic: sup over x of |F_a(x) - F_b(x)|. Inputs need not be
 /// sorted; NaN values must have been removed. Returns NaN when either side is empty.
@@ -98,11 +121,11 @@ pub fn correlation_similarity(r_real: f64, r_synthetic: f64) -> f64 {
     1.0 - (r_real - r_synthetic).abs() / 2.0
 }
 
-/// Bin edges of `CONTINGENCY_BINS` equal-width bins over the real range (numpy's
-/// `histogram_bin_edges`, which widens a zero-width range to [min - 0.5, max + 0.5]).
-pub fn bin_edges(real: &[f64], bins: usize) -> Vec<f64> {
-    let min = real.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = real.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// `numpy.histogram_bin_edges(x, bins)`: equal-width edges over x's range, a zero-width range
+/// widened to [v - 0.5, v + 0.5]. `bins` must be at least 1.
+pub fn bin_edges(x: &[f64], bins: usize) -> Vec<f64> {
+    let min = x.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = if !min.is_finite() {
         (0.0, 1.0)
     } else if min == max {
@@ -110,19 +133,57 @@ pub fn bin_edges(real: &[f64], bins: usize) -> Vec<f64> {
     } else {
         (min, max)
     };
-    (0..=bins)
-        .map(|k| lo + (hi - lo) * k as f64 / bins as f64)
-        .collect()
+    // numpy.linspace: i * step + start, the last edge exactly `hi`; the same rounding matters
+    // for values that sit on an edge (rates such as 0.3).
+    let step = (hi - lo) / bins as f64;
+    let mut edges: Vec<f64> = (0..=bins).map(|i| i as f64 * step + lo).collect();
+    edges[bins] = hi;
+    edges
 }
 
-/// Bin index of `v` for `edges` (right-closed bins except the first, as numpy's histogram);
-/// values outside the real range fall into the outer bins.
-pub fn bin_of(v: f64, edges: &[f64]) -> u32 {
-    let bins = edges.len() - 1;
-    // Interior edges only: everything below edge 1 is bin 0, everything above edge bins-1 is
-    // the last bin.
-    let inner = &edges[1..bins];
-    inner.partition_point(|&e| e <= v) as u32
+/// `numpy.digitize(v, edges)`: the number of edges <= v (0 below the first edge; the last edge
+/// itself gets `edges.len()`).
+pub fn digitize(v: f64, edges: &[f64]) -> u32 {
+    edges.partition_point(|&e| e <= v) as u32
+}
+
+/// A numeric column as QualityReport discretizes it: 10 bins over its own range, codes
+/// `0..=CONTINGENCY_BINS + 1`.
+pub fn discretize(x: &[f64]) -> Vec<u32> {
+    let edges = bin_edges(x, CONTINGENCY_BINS);
+    x.iter().map(|&v| digitize(v, &edges)).collect()
+}
+
+/// Cramér's V of the contingency table of two discrete columns (codes below `ka` and `kb`),
+/// over the values that occur (scipy's `association(..., method="cramer")`, no continuity
+/// correction); NaN when either column has a single value.
+pub fn cramers_v(a: &[u32], b: &[u32], ka: usize, kb: usize) -> f64 {
+    let n = a.len() as f64;
+    let mut t = vec![0f64; ka * kb];
+    let (mut ra, mut cb) = (vec![0f64; ka], vec![0f64; kb]);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as usize, y as usize);
+        if x < ka && y < kb {
+            t[x * kb + y] += 1.0;
+            ra[x] += 1.0;
+            cb[y] += 1.0;
+        }
+    }
+    let rows: Vec<usize> = (0..ka).filter(|&i| ra[i] > 0.0).collect();
+    let cols: Vec<usize> = (0..kb).filter(|&j| cb[j] > 0.0).collect();
+    if rows.len() < 2 || cols.len() < 2 || n == 0.0 {
+        return f64::NAN;
+    }
+    let mut chi2 = 0.0;
+    for &i in &rows {
+        for &j in &cols {
+            let e = ra[i] * cb[j] / n;
+            let d = t[i * kb + j] - e;
+            chi2 += d * d / e;
+        }
+    }
+    let k = (rows.len().min(cols.len()) - 1) as f64;
+    (chi2 / n / k).sqrt()
 }
 
 /// ContingencySimilarity of two discrete columns (codes below `ka` and `kb`).
@@ -190,12 +251,7 @@ pub fn evaluate(schema: &Schema, real: &Frame, synthetic: &Frame) -> Fidelity {
                     metric: "KSComplement".into(),
                     score: finite(ks_complement(r, s)),
                 });
-                let edges = bin_edges(r, CONTINGENCY_BINS);
-                discrete.push((
-                    r.iter().map(|&v| bin_of(v, &edges)).collect(),
-                    s.iter().map(|&v| bin_of(v, &edges)).collect(),
-                    CONTINGENCY_BINS,
-                ));
+                discrete.push((discretize(r), discretize(s), CONTINGENCY_BINS + 2));
                 if is_constant(r) {
                     skipped.push(Skipped {
                         column: spec.name.clone(),
@@ -225,6 +281,34 @@ pub fn evaluate(schema: &Schema, real: &Frame, synthetic: &Frame) -> Fidelity {
         }
     }
 
+    // Rows of each side the contingency pairs use (all of them for tables of up to
+    // CONTINGENCY_SUBSAMPLE_ROWS rows).
+    let big = real.rows().max(synthetic.rows()) > CONTINGENCY_SUBSAMPLE_ROWS;
+    let pick = |rows: usize, seed: u64| -> Option<Vec<usize>> {
+        big.then(|| {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut idx =
+                sample(&mut rng, rows, rows.min(CONTINGENCY_SUBSAMPLE_ROWS)).into_vec();
+            idx.sort_unstable();
+            idx
+        })
+    };
+    let (real_rows, syn_rows) = (pick(real.rows(), 0x5D17), pick(synthetic.rows(), 0x5D18));
+    let subset = |codes: &[u32], idx: &Option<Vec<usize>>| -> Vec<u32> {
+        match idx {
+            Some(idx) => idx.iter().map(|&i| codes[i]).collect(),
+            None => codes.to_vec(),
+        }
+    };
+    let discrete: Vec<(Vec<u32>, Vec<u32>, usize)> = if big {
+        discrete
+            .into_iter()
+            .map(|(r, s, k)| (subset(&r, &real_rows), subset(&s, &syn_rows), k))
+            .collect()
+    } else {
+        discrete
+    };
+
     let mut pairs = Vec::new();
     let n = schema.columns.len();
     for a in 0..n {
@@ -236,31 +320,38 @@ pub fn evaluate(schema: &Schema, real: &Frame, synthetic: &Frame) -> Fidelity {
                     synthetic.columns[a].numeric(),
                     synthetic.columns[b].numeric(),
                 );
+                let score = finite(correlation_similarity(r_real, r_syn));
                 pairs.push(PairScore {
                     a: sa.name.clone(),
                     b: sb.name.clone(),
                     metric: "CorrelationSimilarity".into(),
-                    score: finite(correlation_similarity(r_real, r_syn)),
+                    score,
                     real: finite(r_real),
                     synthetic: finite(r_syn),
+                    real_association: finite(r_real.abs()),
+                    counted: score.is_some() && r_real.abs() > CORRELATION_THRESHOLD,
                 });
             } else {
                 let (ra, sa_codes, ka) = &discrete[a];
                 let (rb, sb_codes, kb) = &discrete[b];
+                let score = finite(contingency_similarity(ra, rb, sa_codes, sb_codes, *ka, *kb));
+                let v = cramers_v(ra, rb, *ka, *kb);
                 pairs.push(PairScore {
                     a: sa.name.clone(),
                     b: sb.name.clone(),
                     metric: "ContingencySimilarity".into(),
-                    score: finite(contingency_similarity(ra, rb, sa_codes, sb_codes, *ka, *kb)),
+                    score,
                     real: None,
                     synthetic: None,
+                    real_association: finite(v),
+                    counted: score.is_some() && v > ASSOCIATION_THRESHOLD,
                 });
             }
         }
     }
     Fidelity {
         shape: mean_of(columns.iter().map(|c| c.score)),
-        trend: mean_of(pairs.iter().map(|p| p.score)),
+        trend: mean_of(pairs.iter().filter(|p| p.counted).map(|p| p.score)),
         columns,
         pairs,
         skipped,
@@ -325,20 +416,33 @@ mod tests {
     }
 
     #[test]
-    fn binning_matches_numpy_histogram() {
+    fn binning_matches_numpy_histogram_and_digitize() {
         let edges = bin_edges(&[0.0, 10.0], 10);
         assert_eq!(edges.len(), 11);
-        // numpy: 0 -> bin 0, 1.0 (an edge) -> bin 1, 9.99 -> bin 9, 10 (last edge) -> bin 9.
-        assert_eq!(bin_of(0.0, &edges), 0);
-        assert_eq!(bin_of(1.0, &edges), 1);
-        assert_eq!(bin_of(9.99, &edges), 9);
-        assert_eq!(bin_of(10.0, &edges), 9);
-        // Out of the real range: open outer bins.
-        assert_eq!(bin_of(-5.0, &edges), 0);
-        assert_eq!(bin_of(1e9, &edges), 9);
+        // numpy.digitize(v, edges): 0 -> 1, 1.0 (an edge) -> 2, 9.99 -> 10, 10 (last edge) -> 11.
+        assert_eq!(digitize(0.0, &edges), 1);
+        assert_eq!(digitize(1.0, &edges), 2);
+        assert_eq!(digitize(9.99, &edges), 10);
+        assert_eq!(digitize(10.0, &edges), 11);
+        assert_eq!(digitize(-5.0, &edges), 0);
         // Constant column: numpy widens to [v - 0.5, v + 0.5].
         let e = bin_edges(&[3.0, 3.0], 10);
         assert!(close(e[0], 2.5) && close(e[10], 3.5));
+        // Each side is binned over its own range.
+        assert_eq!(discretize(&[0.0, 5.0, 10.0]), vec![1, 6, 11]);
+        assert_eq!(discretize(&[100.0, 150.0, 200.0]), vec![1, 6, 11]);
+    }
+
+    #[test]
+    fn cramers_v_hand_computed() {
+        // Perfect association: V = 1; independence: V = 0; a single value: undefined.
+        assert!(close(cramers_v(&[0, 0, 1, 1], &[0, 0, 1, 1], 2, 2), 1.0));
+        assert!(close(cramers_v(&[0, 0, 1, 1], &[0, 1, 0, 1], 2, 2), 0.0));
+        assert!(cramers_v(&[0, 0], &[0, 1], 2, 2).is_nan());
+        // [[3, 1], [1, 3]]: chi2 = 2, n = 8, V = sqrt(2 / 8) = 0.5.
+        let a = [0, 0, 0, 0, 1, 1, 1, 1];
+        let b = [0, 0, 0, 1, 0, 1, 1, 1];
+        assert!(close(cramers_v(&a, &b, 2, 2), 0.5));
     }
 
     #[test]
@@ -413,8 +517,10 @@ mod tests {
         };
         let fid = evaluate(&s, &real, &syn);
         assert_eq!(fid.shape, Some(0.0));
-        // x binned over the real range [1, 2]: synthetic 10 and 20 land in the last bin, real in
-        // bins 0 and 9, categories disjoint: the joint tables share nothing.
-        assert_eq!(fid.trend, Some(0.0));
+        // The one pair (x, p) has no real association to judge (p is constant in the real
+        // data): scored 0, but it does not count.
+        assert_eq!(fid.pairs[0].score, Some(0.0));
+        assert!(!fid.pairs[0].counted);
+        assert_eq!(fid.trend, None);
     }
 }

@@ -148,6 +148,11 @@ pub struct PairScore {
     /// Pearson r on the real / synthetic data (CorrelationSimilarity only).
     pub real: Option<f64>,
     pub synthetic: Option<f64>,
+    /// The real data's dependence: |Pearson r| or Cramér's V.
+    pub real_association: Option<f64>,
+    /// Whether the pair counts in `trend`: its real dependence exceeds QualityReport's threshold
+    /// (|r| > 0.5, Cramér's V > 0.3).
+    pub counted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,8 +1,9 @@
 //! Metric values checked against independent implementations on one small deterministic data
 //! set. Provenance: `tests/reference/sdmetrics_reference.py`, run with sdmetrics 0.32.0, numpy
 //! 2.4.6, scikit-learn 1.9.1 (Python 3.11) on 2026-11-23. The column and pair metrics come from
-//! SDMetrics itself; alpha-precision and beta-recall from a numpy + scikit-learn transcription of
-//! synthcity's `AlphaPrecision.metrics` (naive variant), authenticity with the paper's definition.
+//! SDMetrics itself (the single metrics and its QualityReport); alpha-precision and beta-recall
+//! from a numpy + scikit-learn transcription of synthcity's `AlphaPrecision.metrics` (naive
+//! variant), authenticity with the paper's definition.
 
 use flowsynth_eval::fidelity;
 use flowsynth_eval::frame::{ColumnSpec, Encoder, Frame, Kind, Scaling, Schema, Values};
@@ -55,41 +56,90 @@ fn assert_close(name: &str, got: Option<f64>, want: f64) {
     );
 }
 
+/// The column and pair metrics on their own, as `sdmetrics.single_column` /
+/// `sdmetrics.column_pairs` compute them (ContingencySimilarity with `continuous_column_names`
+/// bins the numeric column over the real range).
 #[test]
 fn fidelity_metrics_match_sdmetrics() {
     let real = frame(40, 37, 13, 7, 0.0);
     let syn = frame(30, 41, 11, 5, 0.73);
-    let f = fidelity::evaluate(&schema(), &real, &syn);
-    let col = |n: &str| {
-        f.columns
-            .iter()
-            .find(|c| c.column == n)
-            .and_then(|c| c.score)
+    let num = |f: &Frame, j: usize| f.columns[j].numeric().to_vec();
+    let codes = |f: &Frame| f.columns[2].codes().to_vec();
+    assert_close(
+        "KSComplement x",
+        Some(fidelity::ks_complement(&num(&real, 0), &num(&syn, 0))),
+        0.9,
+    );
+    assert_close(
+        "KSComplement y",
+        Some(fidelity::ks_complement(&num(&real, 1), &num(&syn, 1))),
+        0.8666666666666667,
+    );
+    assert_close(
+        "TVComplement c",
+        Some(fidelity::tv_complement(&codes(&real), &codes(&syn), 3)),
+        0.9833333333333334,
+    );
+    let r = |f: &Frame| fidelity::pearson(&num(f, 0), &num(f, 1));
+    assert_close(
+        "CorrelationSimilarity x,y",
+        Some(fidelity::correlation_similarity(r(&real), r(&syn))),
+        0.9856607491509609,
+    );
+    // Real-range bins, outer bins open: sdmetrics' discretize_column.
+    let real_bins = |col: usize| {
+        let edges = fidelity::bin_edges(&num(&real, col), fidelity::CONTINGENCY_BINS);
+        let inner = &edges[1..fidelity::CONTINGENCY_BINS];
+        let code = |v: f64| inner.partition_point(|&e| e <= v) as u32;
+        (
+            num(&real, col).iter().map(|&v| code(v)).collect::<Vec<_>>(),
+            num(&syn, col).iter().map(|&v| code(v)).collect::<Vec<_>>(),
+        )
     };
+    for (col, name, want) in [(0, "x", 0.6833333333333333), (1, "y", 0.7166666666666667)] {
+        let (r, s) = real_bins(col);
+        let got = fidelity::contingency_similarity(&r, &codes(&real), &s, &codes(&syn), 10, 3);
+        assert_close(&format!("ContingencySimilarity {name},c"), Some(got), want);
+    }
+}
+
+/// The same frames through `fidelity::evaluate`, which follows SDMetrics' QualityReport: each
+/// side binned over its own range, and only pairs with enough real dependence in the trend.
+#[test]
+fn evaluate_matches_sdmetrics_quality_report() {
+    let real = frame(40, 37, 13, 7, 0.0);
+    let syn = frame(30, 41, 11, 5, 0.73);
+    let f = fidelity::evaluate(&schema(), &real, &syn);
     let pair = |a: &str, b: &str| {
         f.pairs
             .iter()
             .find(|p| p.a == a && p.b == b)
-            .and_then(|p| p.score)
+            .unwrap_or_else(|| panic!("no pair {a},{b}"))
     };
-    assert_close("KSComplement x", col("x"), 0.9);
-    assert_close("KSComplement y", col("y"), 0.8666666666666667);
-    assert_close("TVComplement c", col("c"), 0.9833333333333334);
     assert_close(
         "CorrelationSimilarity x,y",
-        pair("x", "y"),
+        pair("x", "y").score,
         0.9856607491509609,
     );
     assert_close(
         "ContingencySimilarity x,c",
-        pair("x", "c"),
-        0.6833333333333333,
+        pair("x", "c").score,
+        0.7083333333333333,
+    );
+    assert_close("ContingencySimilarity y,c", pair("y", "c").score, 0.55);
+    assert_close(
+        "Cramer's V x,c",
+        pair("x", "c").real_association,
+        0.39678231329877905,
     );
     assert_close(
-        "ContingencySimilarity y,c",
-        pair("y", "c"),
-        0.7166666666666667,
+        "Cramer's V y,c",
+        pair("y", "c").real_association,
+        0.49764997979739184,
     );
+    assert!(f.pairs.iter().all(|p| p.counted));
+    assert_close("shape", f.shape, 0.9166666666666666);
+    assert_close("trend", f.trend, 0.7479980274947646);
 }
 
 #[test]

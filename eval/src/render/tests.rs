@@ -320,6 +320,8 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
                 score,
                 real: r,
                 synthetic: s,
+                real_association: r.map(f64::abs),
+                counted: r.is_some_and(|r| r.abs() > 0.5),
             });
         }
     }
@@ -330,6 +332,8 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
         score: Some(0.82),
         real: None,
         synthetic: None,
+        real_association: Some(0.4),
+        counted: true,
     });
 
     let counts = |f: &Frame| -> BTreeMap<String, usize> {

@@ -54,3 +54,20 @@ print("beta_recall", 1 - np.sum(np.abs(alphas - cov)) / np.sum(alphas))
 # Authenticity as in the paper: each synthetic row against its nearest real row's own gap.
 synth_to_real, sargs = NearestNeighbors(n_neighbors=1).fit(X).kneighbors(Y)
 print("authenticity", np.mean(synth_to_real.squeeze() > real_to_real[sargs.squeeze()]))
+
+# The same two frames through SDMetrics' QualityReport: each side's numeric columns binned over
+# their own range, and a pair counted in the trend only when its real dependence exceeds the
+# report's thresholds (|r| > 0.5, Cramer's V > 0.3).
+from sdmetrics.reports.single_table import QualityReport
+
+meta = {"columns": {"x": {"sdtype": "numerical"}, "y": {"sdtype": "numerical"},
+                    "c": {"sdtype": "categorical"}}}
+report = QualityReport()
+report.generate(real, syn, meta, verbose=False)
+details = report.get_details("Column Pair Trends")
+for _, row in details.iterrows():
+    print("pair", row["Column 1"], row["Column 2"], row["Metric"], row["Score"],
+          row["Real Association"], row["Meets Threshold?"])
+props = report.get_properties().set_index("Property")["Score"]
+print("quality_report_shape", props["Column Shapes"])
+print("quality_report_trend", props["Column Pair Trends"])
