@@ -27,6 +27,7 @@ bench: build
 	@bash bench/allreduce_vs_gloo.sh
 	@DATA="$(DATA)" bash bench/data_parallel.sh
 	@DATA="$(DATA)" bash bench/eval_nsl_kdd.sh
+	@DATA="$(DATA)" bash bench/quality.sh
 
 clean:
 	$(CARGO) clean

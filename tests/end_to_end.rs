@@ -398,3 +398,49 @@ fn help_lists_every_subcommand() {
         assert!(out.contains(sub), "{sub} missing from --help:\n{out}");
     }
 }
+
+#[test]
+fn sample_help_and_flags_say_what_they_do() {
+    let help = run_ok(&["sample", "--help"]);
+    assert!(help.contains("_sample.json"), "{help}");
+    assert!(!help.contains("[default: ]"), "{help}");
+    for flag in ["--strength", "--threads", "--seed"] {
+        let line = help.lines().find(|l| l.contains(flag)).unwrap_or_default();
+        assert!(!line.is_empty(), "{flag} missing:\n{help}");
+    }
+    // The seed's line is followed by its description, not by the next flag.
+    let seed = help.split("--seed").nth(1).unwrap_or_default();
+    assert!(seed.contains("same rows"), "{help}");
+    let bad = |args: &[&str], needle: &str| {
+        let mut all = vec!["sample", "--checkpoint", "ck", "--out", "o"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    bad(&["--classes", "a=1", "--steps", "0"], "--steps");
+    bad(&["--classes", "a=1", "--strength", "1.5"], "--strength");
+    bad(&["--classes", "a=1", "--threads", "0"], "--threads");
+    // No classes and no --with-real: nothing to do, said before anything runs.
+    bad(&[], "--classes");
+}
+
+#[test]
+fn convert_onto_an_existing_dataset_names_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d");
+    convert_nsl_subset(tmp.path(), 200, out.to_str().unwrap(), 65_536, &[]);
+    let csv = nsl_subset(tmp.path(), 100);
+    let again = run(&[
+        "convert",
+        "--preset",
+        "nsl-kdd",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("--overwrite"), "{err}");
+}

@@ -36,6 +36,7 @@ pub async fn serve(
 ) -> Result<()> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let coordinator = Coordinator::open(store.clone(), config.clone()).await?;
+    let closer = coordinator.clone();
     let reaper = coordinator.clone();
     let interval = config.heartbeat_interval;
     let reap_task = tokio::spawn(async move {
@@ -60,5 +61,7 @@ pub async fn serve(
         .await
         .map_err(Error::Serve);
     reap_task.abort();
+    let _ = reap_task.await;
+    closer.close(std::time::Duration::from_secs(5)).await;
     result
 }

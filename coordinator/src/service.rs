@@ -120,6 +120,8 @@ pub struct Coordinator {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<Notify>,
     persist: mpsc::UnboundedSender<Job>,
+    /// The task that writes job records, in order; [`Coordinator::close`] waits for it.
+    writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     store: Location,
     config: CoordinatorConfig,
 }
@@ -148,7 +150,7 @@ impl Coordinator {
     pub async fn open(store: Location, config: CoordinatorConfig) -> crate::Result<Self> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let writer_store = store.clone();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let bytes = Bytes::from(job.encode_to_vec());
                 if let Err(e) = writer_store.put(&job_path(&job.id), bytes).await {
@@ -160,11 +162,25 @@ impl Coordinator {
             inner: Arc::new(Mutex::new(Inner::default())),
             changed: Arc::new(Notify::new()),
             persist: tx,
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
             store,
             config,
         };
         coordinator.recover().await?;
         Ok(coordinator)
+    }
+
+    /// Waits (at most `within`) until the job records queued so far are written, once every
+    /// other handle of this coordinator is gone (the services of a stopped server): a process
+    /// that exits right after would otherwise cancel a write half done.
+    pub async fn close(self, within: Duration) {
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        drop(self);
+        if let Some(w) = writer
+            && tokio::time::timeout(within, w).await.is_err()
+        {
+            tracing::warn!("job records still being written after {within:?}; not waiting longer");
+        }
     }
 
     async fn recover(&self) -> crate::Result<()> {

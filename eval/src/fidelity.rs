@@ -287,8 +287,7 @@ pub fn evaluate(schema: &Schema, real: &Frame, synthetic: &Frame) -> Fidelity {
     let pick = |rows: usize, seed: u64| -> Option<Vec<usize>> {
         big.then(|| {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let mut idx =
-                sample(&mut rng, rows, rows.min(CONTINGENCY_SUBSAMPLE_ROWS)).into_vec();
+            let mut idx = sample(&mut rng, rows, rows.min(CONTINGENCY_SUBSAMPLE_ROWS)).into_vec();
             idx.sort_unstable();
             idx
         })

@@ -24,15 +24,12 @@ pub const ROWS_PER_CLASS: usize = 5_000;
 /// Candidate rows drawn per requested row before a class is given up on.
 pub const MAX_DRAWS_PER_ROW: usize = 20;
 
-/// What a worker knows about the real rows of one requested class.
-pub struct RealClass {
-    /// Anchors for neighbourhood sampling (`None` when sampling from pure noise).
-    anchors: Option<Anchors>,
-}
-
 /// The real rows a sampling worker prepares once.
+#[derive(Default)]
 pub struct RealRows {
-    pub classes: HashMap<u32, RealClass>,
+    /// Per requested class, its anchors for neighbourhood sampling (none when sampling from
+    /// pure noise).
+    pub anchors: HashMap<u32, Anchors>,
     /// Fingerprints of every training row ([`Table::row_fingerprint`]): 8 bytes a row.
     pub fingerprints: HashSet<u64>,
 }
@@ -119,15 +116,12 @@ pub fn real_rows(
                 reason: format!("class `{name}` has no rows in the training data"),
             });
         };
-        let anchors = if near {
-            Some(model.anchors(rows)?)
-        } else {
-            None
-        };
-        out.insert(c, RealClass { anchors });
+        if near {
+            out.insert(c, model.anchors(rows)?);
+        }
     }
     Ok(RealRows {
-        classes: out,
+        anchors: out,
         fingerprints,
     })
 }
@@ -163,7 +157,7 @@ pub fn new_rows(
         // Ask for what is missing plus a margin for the copies to be expected.
         let missing = count - kept.rows();
         let want = missing + missing / 8 + 16;
-        let anchors = real.classes.get(&label).and_then(|c| c.anchors.as_ref());
+        let anchors = real.anchors.get(&label);
         let rows = model.sample_class(label, want, anchors, opts, seed, drawn as u64)?;
         drawn += want;
         let new: Vec<usize> = (0..rows.rows())
@@ -173,4 +167,80 @@ pub fn new_rows(
         kept.append(&rows.select(&new));
     }
     Ok((kept, drawn))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::{tiny_model, tiny_train, two_class_dataset};
+    use crate::model::{Stage, Trainer};
+    use tch::{Device, Tensor};
+
+    /// A tiny model trained for both stages on the two-class table.
+    fn trained(rows: usize, seed: u64, epochs: usize) -> (Trainer, Table) {
+        let (table, manifest) = two_class_dataset(rows, seed);
+        let mut cfg = tiny_train(epochs, epochs + 1);
+        cfg.batch_size = 100;
+        let mut t = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
+        let mut hook = |_: &[Tensor]| -> crate::model::Result<()> { Ok(()) };
+        while t.state().stage != Stage::Done {
+            t.run_epoch(&table, &Table::default(), &mut hook).unwrap();
+        }
+        (t, table)
+    }
+
+    #[test]
+    fn copies_of_training_rows_are_replaced_and_counts_stay_exact() {
+        let (t, table) = trained(300, 4, 2);
+        let m = t.model();
+        let ones: Vec<usize> = (0..table.rows())
+            .filter(|&i| table.labels[i] == 1)
+            .collect();
+        let anchors = m.anchors(&table.select(&ones)).unwrap();
+        let mut opts = SamplerOptions::new(8, 1.0);
+        opts.strength = 0.2;
+        // Pretend the first 40 candidates the sampler will draw are training rows.
+        let first = m.sample_class(1, 40, Some(&anchors), &opts, 9, 0).unwrap();
+        let fingerprints: HashSet<u64> = (0..first.rows())
+            .map(|i| first.row_fingerprint(i))
+            .collect();
+        let real = RealRows {
+            anchors: HashMap::from([(1, anchors)]),
+            fingerprints,
+        };
+        let (rows, drawn) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
+        assert_eq!(rows.rows(), 40);
+        assert!(rows.labels.iter().all(|&l| l == 1));
+        assert!(
+            drawn > 40,
+            "the copies were drawn again ({drawn} candidates)"
+        );
+        assert!((0..rows.rows()).all(|i| !real.fingerprints.contains(&rows.row_fingerprint(i))));
+        // Deterministic for the seed.
+        let (again, _) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
+        assert_eq!(again, rows);
+    }
+
+    #[test]
+    fn a_class_whose_rows_are_all_copies_fails_naming_it() {
+        let (t, _) = trained(200, 5, 1);
+        let m = t.model();
+        let opts = SamplerOptions::new(4, 1.0);
+        // Every candidate the sampler can draw within the budget is marked as a copy.
+        let all = m
+            .sample_class(0, 5 * MAX_DRAWS_PER_ROW + 200, None, &opts, 1, 0)
+            .unwrap();
+        let real = RealRows {
+            anchors: HashMap::new(),
+            fingerprints: (0..all.rows()).map(|i| all.row_fingerprint(i)).collect(),
+        };
+        let err = new_rows(m, 0, 5, &real, &opts, 1, "zero")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`zero`") && err.contains("--strength"),
+            "{err}"
+        );
+    }
 }

@@ -693,10 +693,7 @@ fn sample_inner(
             spec.seed,
             classes,
         )?,
-        _ => augment::RealRows {
-            classes: Default::default(),
-            fingerprints: Default::default(),
-        },
+        _ => augment::RealRows::default(),
     };
     let total: u64 = a.chunks.iter().map(|c| c.count).sum();
     let mut done = 0u64;

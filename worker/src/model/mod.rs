@@ -343,17 +343,7 @@ impl FlowModel {
                 what: "rows to sample near",
             });
         }
-        let (mut parts, mut nums, mut cats) = (Vec::new(), Vec::new(), Vec::new());
-        for start in (0..rows.rows()).step_by(SAMPLE_CHUNK_ROWS) {
-            let idx: Vec<usize> = (start..(start + SAMPLE_CHUNK_ROWS).min(rows.rows())).collect();
-            let batch = self.pre.encode(&rows.select(&idx), self.device)?;
-            parts.push(self.encode_latent(&batch)?);
-            nums.push(batch.num);
-            cats.push(batch.cat);
-        }
-        let latents = Tensor::f_cat(&parts, 0)?;
-        let num = Tensor::f_cat(&nums, 0)?;
-        let cat = Tensor::f_cat(&cats, 0)?;
+        let (latents, num, cat) = self.encode_table(rows)?;
         let n = rows.rows() as i64;
         let k = ANCHOR_NEIGHBOURS.min(n - 1);
         let neighbours = if k > 0 {
@@ -376,10 +366,27 @@ impl FlowModel {
         } else {
             None
         };
+        // Which category of each column the class's real rows use, over the concatenated
+        // vocabularies.
+        let cards = self.pre.cardinalities();
+        let mut offsets = Vec::with_capacity(cards.len());
+        let mut seen = vec![false; cards.iter().sum::<i64>() as usize];
+        let mut acc = 0i64;
+        for (col, &k) in rows.categorical.iter().zip(cards) {
+            offsets.push(acc);
+            for &code in col {
+                if let Some(s) = seen.get_mut((acc + i64::from(code)) as usize) {
+                    *s = true;
+                }
+            }
+            acc += k;
+        }
         Ok(Anchors {
             latents,
             num,
             cat,
+            seen: Tensor::f_from_slice(&seen)?.f_to_device(self.device)?,
+            offsets: int_vector(&offsets, self.device)?,
             neighbours,
         })
     }
@@ -428,6 +435,26 @@ impl FlowModel {
         Ok(out)
     }
 
+    /// Latents, normal scores and codes of `rows`, through the encoder chunk by chunk.
+    fn encode_table(&self, rows: &Table) -> Result<(Tensor, Tensor, Tensor)> {
+        if !self.latent_fitted()? {
+            return Err(ModelError::NotFitted);
+        }
+        let (mut parts, mut nums, mut cats) = (Vec::new(), Vec::new(), Vec::new());
+        for start in (0..rows.rows().max(1)).step_by(SAMPLE_CHUNK_ROWS) {
+            let idx: Vec<usize> = (start..(start + SAMPLE_CHUNK_ROWS).min(rows.rows())).collect();
+            let batch = self.pre.encode(&rows.select(&idx), self.device)?;
+            parts.push(self.encode_latent(&batch)?);
+            nums.push(batch.num);
+            cats.push(batch.cat);
+        }
+        Ok((
+            Tensor::f_cat(&parts, 0)?,
+            Tensor::f_cat(&nums, 0)?,
+            Tensor::f_cat(&cats, 0)?,
+        ))
+    }
+
     fn check_labels(&self, labels: &[u32]) -> Result<()> {
         if !self.latent_fitted()? {
             return Err(ModelError::NotFitted);
@@ -454,8 +481,8 @@ impl FlowModel {
     /// `start`, and decodes the latents. With `opts.residual` a row started near real rows keeps
     /// their preprocessed values and takes only the model's change: the decoded sample minus the
     /// decoded start (for a categorical, the decoded sample's category where it differs from the
-    /// decoded start's). The VAE's reconstruction error, which would otherwise blur every value
-    /// of a small class, then cancels.
+    /// decoded start's and the class's real rows use it). The VAE's reconstruction error, which
+    /// would otherwise blur every value of a small class, then cancels.
     fn generate(
         &self,
         labels: &[u32],
@@ -483,7 +510,12 @@ impl FlowModel {
         if let Some(s) = start.filter(|_| opts.residual) {
             let (num0, cat0) = decode(&s.latent)?;
             num = &s.num + (num - num0);
-            cat = s.cat.f_where_self(&cat.f_eq_tensor(&cat0)?, &cat)?;
+            // A category the model changes to is taken only if the class's real rows use it
+            // (SMOTE-NC likewise takes categories from same-class neighbours).
+            let flat = (&cat + s.offsets.f_unsqueeze(0)?).f_reshape([-1])?;
+            let of_class = s.seen.f_index_select(0, &flat)?.f_reshape(cat.size())?;
+            let take = cat.f_ne_tensor(&cat0)?.f_logical_and(&of_class)?;
+            cat = cat.f_where_self(&take, &s.cat)?;
         }
         self.pre.decode(&num, &cat, labels)
     }
@@ -498,6 +530,9 @@ struct Start {
     num: Tensor,
     /// `[B, n_cat]` the nearer row's categorical codes.
     cat: Tensor,
+    /// The class's categories ([`Anchors`]' `seen` and `offsets`).
+    seen: Tensor,
+    offsets: Tensor,
 }
 
 /// Real rows of one class encoded for [`FlowModel::sample_class`].
@@ -510,6 +545,10 @@ pub struct Anchors {
     cat: Tensor,
     /// `[n, k]` int64: each anchor's nearest other anchors (`None` for a single anchor).
     neighbours: Option<Tensor>,
+    /// `[sum of vocabulary sizes]` bool: the categories the rows use, column after column from
+    /// `offsets` (`[n_cat]` int64).
+    seen: Tensor,
+    offsets: Tensor,
 }
 
 impl Anchors {
@@ -542,6 +581,8 @@ impl Anchors {
             latent: mix(&self.latents)?,
             num: mix(&self.num)?,
             cat: cat_b.f_where_self(&nearer_is_b, &cat_a)?,
+            seen: self.seen.shallow_clone(),
+            offsets: self.offsets.shallow_clone(),
         })
     }
 
