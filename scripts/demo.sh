@@ -64,7 +64,7 @@ step "5/5 evaluate the synthetic rare attacks against the NSL-KDD test split"
 cat <<MSG
 
 Everything went to $OUT:
-  dataset      $OUT/nsl-kdd          (Parquet parts + dataset.json)
+  dataset      $OUT/nsl-kdd          (Parquet parts + _dataset.json)
   checkpoints  $OUT/checkpoints      (ckpt-*/ with manifest.json; 'latest' names the newest)
   augmented    $OUT/augmented        (real + synthetic rows, column 'synthetic'; _sample.json, _SUCCESS)
   report       $OUT/report/report.html (report.json, plots/)

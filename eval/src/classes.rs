@@ -6,10 +6,6 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
-use rand::seq::index::sample;
-
 use crate::detection::logistic_detection;
 use crate::downstream::{self, DownstreamOptions};
 use crate::error::Result;
@@ -63,16 +59,6 @@ fn copy_rate(f: &Frame, set: &HashSet<u64>) -> f64 {
         / f.rows() as f64
 }
 
-fn capped(f: &Frame, max: usize, seed: u64) -> Frame {
-    if f.rows() <= max {
-        return f.clone();
-    }
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut idx = sample(&mut rng, f.rows(), max).into_vec();
-    idx.sort_unstable();
-    f.select(&idx)
-}
-
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
@@ -87,8 +73,8 @@ fn detection(
     if real.rows() < MIN_DETECTION_ROWS || other.rows() < MIN_DETECTION_ROWS {
         return (None, None);
     }
-    let r = capped(real, inp.sample_rows, seed);
-    let o = capped(other, inp.sample_rows, seed.wrapping_add(1));
+    let r = real.subsample(inp.sample_rows, seed);
+    let o = other.subsample(inp.sample_rows, seed.wrapping_add(1));
     let d = logistic_detection(
         &inp.encoder.encode(&r),
         &inp.encoder.encode(&o),
@@ -114,21 +100,11 @@ pub fn evaluate(inp: &ClassInputs) -> Result<Vec<ClassFidelity>> {
         .collect();
 
     // One judge for every class: a forest on a class-capped subset of the real training rows.
-    let mut rng = SmallRng::seed_from_u64(inp.seed.wrapping_add(17));
-    let mut judge_idx = Vec::new();
-    for rows in &train_rows {
-        if rows.len() <= JUDGE_ROWS_PER_CLASS {
-            judge_idx.extend_from_slice(rows);
-        } else {
-            judge_idx.extend(
-                sample(&mut rng, rows.len(), JUDGE_ROWS_PER_CLASS)
-                    .into_iter()
-                    .map(|k| rows[k]),
-            );
-        }
-    }
-    judge_idx.sort_unstable();
-    let judge_train = inp.train.select(&judge_idx);
+    let judge_train =
+        inp.train
+            .sample_per_class(n_classes, inp.seed.wrapping_add(17), |_, rows| {
+                rows.min(JUDGE_ROWS_PER_CLASS)
+            });
     let queries: Vec<Frame> = present
         .iter()
         .flat_map(|&c| {

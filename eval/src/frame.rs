@@ -6,6 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::index::sample;
+
 use crate::stats::mean_std;
 
 /// What a feature column holds.
@@ -216,6 +220,40 @@ impl Frame {
             }
         }
         rows
+    }
+
+    /// A uniform subsample of at most `max` rows (all rows, in order, when there are fewer).
+    pub fn subsample(&self, max: usize, seed: u64) -> Frame {
+        if self.rows() <= max {
+            return self.clone();
+        }
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut idx = sample(&mut rng, self.rows(), max).into_vec();
+        idx.sort_unstable();
+        self.select(&idx)
+    }
+
+    /// Rows drawn without replacement class by class: `want(class, rows of the class)` of each
+    /// of the `n_classes` classes (all of a class's rows when it asks for as many or more), in
+    /// the frame's order.
+    pub fn sample_per_class(
+        &self,
+        n_classes: usize,
+        seed: u64,
+        want: impl Fn(usize, usize) -> usize,
+    ) -> Frame {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut idx = Vec::new();
+        for (c, rows) in self.rows_by_class(n_classes).into_iter().enumerate() {
+            let n = want(c, rows.len());
+            if n >= rows.len() {
+                idx.extend(rows);
+            } else {
+                idx.extend(sample(&mut rng, rows.len(), n).into_iter().map(|k| rows[k]));
+            }
+        }
+        idx.sort_unstable();
+        self.select(&idx)
     }
 
     /// Indices of the rows whose class is in `keep` (a mask over class codes).

@@ -7,9 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use flowsynth_common::store::{Location, block_on};
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
-use rand::seq::index::sample;
 
 use crate::classes::{self, ClassInputs};
 use crate::downstream::{self, DownstreamOptions};
@@ -74,17 +71,6 @@ pub struct Evaluation {
     pub synthetic: Frame,
 }
 
-/// A uniform subsample of at most `max` rows (all rows, in order, when there are fewer).
-fn subsample(f: &Frame, max: usize, seed: u64) -> Frame {
-    if f.rows() <= max {
-        return f.clone();
-    }
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut idx = sample(&mut rng, f.rows(), max).into_vec();
-    idx.sort_unstable();
-    f.select(&idx)
-}
-
 /// Total variation distance between two class-count vectors.
 fn class_tv(a: &[usize], b: &[usize]) -> f64 {
     let (na, nb) = (
@@ -102,28 +88,12 @@ fn class_tv(a: &[usize], b: &[usize]) -> f64 {
 /// `target_counts`; a class with fewer rows than its share contributes all it has.
 fn matched(f: &Frame, target_counts: &[usize], total: usize, seed: u64) -> Frame {
     let sum = target_counts.iter().sum::<usize>().max(1) as f64;
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut idx = Vec::new();
-    for (&n, rows) in target_counts
-        .iter()
-        .zip(f.rows_by_class(target_counts.len()))
-    {
-        if n == 0 {
-            continue;
+    f.sample_per_class(target_counts.len(), seed, |c, rows| {
+        match target_counts[c] {
+            0 => 0,
+            n => ((total as f64 * n as f64 / sum).round() as usize).clamp(1, rows.max(1)),
         }
-        let want = ((total as f64 * n as f64 / sum).round() as usize).clamp(1, rows.len().max(1));
-        if rows.len() <= want {
-            idx.extend(rows);
-        } else {
-            idx.extend(
-                sample(&mut rng, rows.len(), want)
-                    .into_iter()
-                    .map(|k| rows[k]),
-            );
-        }
-    }
-    idx.sort_unstable();
-    f.select(&idx)
+    })
 }
 
 /// The synthetic rows `--augment-only` keeps.
@@ -282,8 +252,8 @@ pub fn evaluate(
     timings.insert("validity".into(), t.elapsed().as_secs_f64());
 
     // Subsamples for the quadratic and the detection metrics.
-    let ref_s = subsample(&reference, opts.sample_rows, opts.seed);
-    let syn_s = subsample(&syn, opts.sample_rows, opts.seed.wrapping_add(1));
+    let ref_s = reference.subsample(opts.sample_rows, opts.seed);
+    let syn_s = syn.subsample(opts.sample_rows, opts.seed.wrapping_add(1));
     if ref_s.rows() < reference.rows() || syn_s.rows() < syn.rows() {
         notes.push(format!(
             "alpha-precision, beta-recall, authenticity, detection and DCR use uniform subsamples \
@@ -334,8 +304,8 @@ pub fn evaluate(
         None
     } else {
         let m = opts.sample_rows.min(reference.rows()).min(holdout.rows());
-        let tr = subsample(&reference, m, opts.seed.wrapping_add(2));
-        let ho = subsample(&holdout, m, opts.seed.wrapping_add(3));
+        let tr = reference.subsample(m, opts.seed.wrapping_add(2));
+        let ho = holdout.subsample(m, opts.seed.wrapping_add(3));
         if opts.holdout.is_none() {
             notes.push(
                 "DCR uses the test split as holdout: a test split drawn from another period or \
