@@ -14,8 +14,8 @@ use flowsynth_common::store::{Location, block_on};
 use flowsynth_common::table::{self, Layout, Table};
 
 use crate::error::{Error, Result};
-use crate::model::rng::{Stream, derive, tag};
-use crate::model::{Anchors, FlowModel, SamplerOptions};
+use flowsynth_model::rng::{Stream, derive, tag};
+use flowsynth_model::{Anchors, FlowModel, SamplerOptions};
 
 /// Real rows of a requested class kept as anchors (a seeded reservoir sample of larger classes;
 /// the copy check still sees every row).
@@ -173,8 +173,8 @@ pub fn new_rows(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::testutil::{tiny_model, tiny_train, two_class_dataset};
-    use crate::model::{Stage, Trainer};
+    use flowsynth_model::testutil::{tiny_model, tiny_train, two_class_dataset};
+    use flowsynth_model::{Stage, Trainer};
     use tch::{Device, Tensor};
 
     /// A tiny model trained for both stages on the two-class table.
@@ -183,7 +183,7 @@ mod tests {
         let mut cfg = tiny_train(epochs, epochs + 1);
         cfg.batch_size = 100;
         let mut t = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
-        let mut hook = |_: &[Tensor]| -> crate::model::Result<()> { Ok(()) };
+        let mut hook = |_: &[Tensor]| -> flowsynth_model::Result<()> { Ok(()) };
         while t.state().stage != Stage::Done {
             t.run_epoch(&table, &Table::default(), &mut hook).unwrap();
         }

@@ -1,4 +1,4 @@
-//! Data-parallel glue between the [`Trainer`](crate::model::Trainer) and a
+//! Data-parallel glue between the [`Trainer`](flowsynth_model::Trainer) and a
 //! [`Collective`]: gradient buckets, statistics sums and replica checksums.
 //!
 //! tch exposes neither autograd hooks nor CUDA streams, so unlike PyTorch DDP the gradients are
@@ -18,7 +18,7 @@ use flowsynth_collective::{Buffer, Collective, DType};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{ModelError, Replicas, Result};
+use flowsynth_model::{ModelError, Replicas, Result};
 
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;

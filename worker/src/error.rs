@@ -7,7 +7,7 @@ pub enum Error {
     #[error(transparent)]
     Common(#[from] flowsynth_common::Error),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] flowsynth_model::ModelError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error(transparent)]

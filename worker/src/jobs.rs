@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use crate::augment;
 use crate::ddp::DataParallel;
 use crate::error::{Error, Result};
-use crate::model::rng::{derive, permutation, tag};
-use crate::model::{FlowModel, Partition, SamplerOptions, Stage, TrainState, Trainer};
 use flowsynth_collective::{
     Collective, Membership, Nccl, NcclUniqueId, TcpConfig, TcpListenerHandle, TcpRing,
 };
+use flowsynth_model::rng::{derive, permutation, tag};
+use flowsynth_model::{FlowModel, Partition, SamplerOptions, Stage, TrainState, Trainer};
 
 /// Rows per row group in sampled output.
 const OUTPUT_ROW_GROUP_ROWS: usize = 65_536;
@@ -491,9 +491,9 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         let stop = ctx.stop.clone();
         let info = epoch_info.clone();
         let mut step = 0u64;
-        move || -> crate::model::Result<()> {
+        move || -> flowsynth_model::Result<()> {
             if stop.load(Ordering::Relaxed) {
-                return Err(crate::model::ModelError::Interrupted);
+                return Err(flowsynth_model::ModelError::Interrupted);
             }
             step += 1;
             if let Ok(info) = info.lock() {
@@ -518,8 +518,9 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         cfg.train.checksum_every,
         on_step,
     );
-    let stopped = |e: crate::model::ModelError| -> Error {
-        if ctx.stop.load(Ordering::Relaxed) || matches!(e, crate::model::ModelError::Interrupted) {
+    let stopped = |e: flowsynth_model::ModelError| -> Error {
+        if ctx.stop.load(Ordering::Relaxed) || matches!(e, flowsynth_model::ModelError::Interrupted)
+        {
             Error::Stopped
         } else {
             e.into()

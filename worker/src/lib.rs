@@ -1,12 +1,11 @@
-//! flowsynth worker: the compute side. It holds the latent-diffusion model (libtorch via tch),
-//! runs training and sampling assignments from the coordinator, and writes checkpoints and
-//! sampled Parquet to object storage.
+//! flowsynth worker: the runtime of the model (the `flowsynth-model` crate). It runs training
+//! and sampling assignments from the coordinator, glues the trainer to the data-parallel
+//! collectives, and writes checkpoints and sampled Parquet to object storage.
 
 pub mod augment;
 pub mod ddp;
 pub mod error;
 pub mod jobs;
-pub mod model;
 pub mod runtime;
 
 pub use error::{Error, Result};

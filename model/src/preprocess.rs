@@ -545,7 +545,7 @@ mod tests {
         }
     }
 
-    /// scikit-learn 1.9.1's output on the column of `tests/reference/quantile_reference.py`.
+    /// scikit-learn 1.9.1's output on the column of `model/tests/reference/quantile_reference.py`.
     #[test]
     fn quantile_transform_matches_scikit_learn_off_the_point_masses() {
         #[allow(clippy::excessive_precision)]

@@ -11,7 +11,7 @@
 //! how many rows were requested.
 
 /// Purposes a key is derived for; distinct values keep the streams apart.
-pub(crate) mod tag {
+pub mod tag {
     pub const INIT: u64 = 0x1417;
     pub const PERMUTATION: u64 = 0x9E12;
     pub const VAE_NOISE: u64 = 0x7AE0;
@@ -33,7 +33,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 }
 
 /// Derives a key from a seed and a path of integers (purpose tag, stage, epoch, row id, ...).
-pub(crate) fn derive(seed: u64, parts: &[u64]) -> u64 {
+pub fn derive(seed: u64, parts: &[u64]) -> u64 {
     let mut state = seed;
     let mut key = splitmix64(&mut state);
     for &p in parts {
@@ -45,7 +45,7 @@ pub(crate) fn derive(seed: u64, parts: &[u64]) -> u64 {
 
 /// A deterministic stream of uniform and normal numbers.
 #[derive(Debug, Clone)]
-pub(crate) struct Stream {
+pub struct Stream {
     state: u64,
     spare: Option<f64>,
 }
@@ -95,7 +95,7 @@ impl Stream {
 
 /// `dim` standard normals for each row id, row-major (`[row_ids.len(), dim]`), each row drawn
 /// from its own stream keyed by `(key, row id)`.
-pub(crate) fn row_normals(key: u64, row_ids: &[u64], dim: usize) -> Vec<f32> {
+pub fn row_normals(key: u64, row_ids: &[u64], dim: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(row_ids.len() * dim);
     for &id in row_ids {
         let mut s = Stream::new(derive(key, &[id]));
@@ -105,7 +105,7 @@ pub(crate) fn row_normals(key: u64, row_ids: &[u64], dim: usize) -> Vec<f32> {
 }
 
 /// A seeded Fisher-Yates permutation of `0..n`.
-pub(crate) fn permutation(key: u64, n: usize) -> Vec<usize> {
+pub fn permutation(key: u64, n: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut s = Stream::new(key);
     for i in (1..n).rev() {

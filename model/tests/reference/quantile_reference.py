@@ -1,4 +1,4 @@
-"""Reference values for the quantile-transform parity test in worker/src/model/preprocess.rs,
+"""Reference values for the quantile-transform parity test in model/src/preprocess.rs,
 computed with scikit-learn's QuantileTransformer(output_distribution="normal").
 
 A count-like column: 30 zeros (a point mass at the minimum), then 1.5 .. 105 in steps of 1.5,

@@ -1,4 +1,6 @@
-//! The generative model: TabSyn-style latent diffusion with class conditioning (DESIGN.md §3).
+//! flowsynth's generative model, the math without the runtime: TabSyn-style latent diffusion
+//! with class conditioning (DESIGN.md §3). The worker crate runs it (assignments, data-parallel
+//! glue, checkpoints); nothing here knows about gRPC, jobs or object stores.
 //!
 //! Rows are encoded by the [`Preprocessor`] (normal-quantile transform, ordinal codes), embedded
 //! by a Transformer [`Vae`] whose posterior means are the latent rows, normalised as
@@ -20,7 +22,7 @@ pub mod error;
 mod layers;
 pub mod optim;
 pub mod preprocess;
-pub(crate) mod rng;
+pub mod rng;
 mod trainer;
 pub mod vae;
 
@@ -601,9 +603,11 @@ fn shallow(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-#[cfg(test)]
+/// Hand-made datasets and tiny models for tests (this crate's and its users', with the
+/// `testutil` feature).
+#[cfg(any(test, feature = "testutil"))]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod testutil;
+pub mod testutil;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
