@@ -164,6 +164,11 @@ struct TrainJobArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// The space the denoiser learns: tabular (the Transformer VAE's latent), multimodal (joined
+    /// with a CNN VAE over each flow's image view) or data-space (no VAE); the job file's
+    /// `model.mode`.
+    #[arg(long, value_parser = ["tabular", "multimodal", "data-space"])]
+    mode: Option<String>,
 }
 
 impl TrainJobArgs {
@@ -193,6 +198,9 @@ impl TrainJobArgs {
         }
         if let Some(v) = &self.device {
             cfg.train.device = v.clone();
+        }
+        if let Some(v) = &self.mode {
+            cfg.model.mode = v.parse().map_err(|m: String| anyhow::anyhow!(m))?;
         }
         cfg.validate()
             .map_err(|m| anyhow::anyhow!("invalid training options: {m}"))?;

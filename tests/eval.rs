@@ -372,3 +372,62 @@ fn bad_inputs_fail_with_the_dataset_and_column_named() {
     assert!(err.contains("`service`") && err.contains("other"), "{err}");
     assert!(!f.root.join("r2").exists());
 }
+
+#[test]
+fn every_model_mode_runs_from_convert_through_train_and_sample_to_eval() {
+    let f = fixture();
+    for mode in ["tabular", "multimodal", "data-space"] {
+        let ck = f.root.join(format!("ck-{mode}"));
+        run_ok(&[
+            "train",
+            "--data",
+            &f.train,
+            "--checkpoints",
+            ck.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--epochs",
+            "1",
+            "--diffusion-epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--device",
+            "cpu",
+        ]);
+        let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
+        let config = std::fs::read_to_string(ck.join(latest.trim()).join("config.toml")).unwrap();
+        assert!(config.contains(&format!("mode = \"{mode}\"")), "{config}");
+        let out = f.root.join(format!("sample-{mode}"));
+        run_ok(&[
+            "sample",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--classes",
+            "normal=80,neptune=80",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        let sample = json(&out.join("_sample.json"));
+        assert_eq!(sample["synthetic_rows"], 160, "{mode}");
+        // The multimodal model reports how well its two decoders agree on the rows it made.
+        let coherence = &sample["cross_modal_coherence"];
+        if mode == "multimodal" {
+            let c = coherence.as_f64().unwrap();
+            assert!(c.is_finite() && c >= 0.0, "{c}");
+        } else {
+            assert!(coherence.is_null(), "{mode}: {coherence}");
+        }
+        let report = f.root.join(format!("report-{mode}"));
+        eval_ok(
+            &f,
+            out.to_str().unwrap(),
+            &report,
+            &["--seeds", "1", "--detectors", "rf"],
+        );
+        let r = json(&report.join("report.json"));
+        unit(&r["shape"], "shape");
+    }
+}

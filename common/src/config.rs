@@ -122,6 +122,11 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// The space the denoiser learns (the papers' model and its two ablations): `tabular`, the
+    /// latent of the Transformer VAE over the columns (TabSyn-like); `multimodal`, that latent
+    /// joined with a CNN VAE's latent of each row's image view (MAGE-ID); `data-space`, the
+    /// preprocessed row itself, categoricals one-hot, with no VAE (TabDDPM-like baseline).
+    pub mode: ModelMode,
     /// Width of each column token in the tabular VAE.
     pub d_token: i64,
     /// Attention heads in the VAE's Transformer blocks.
@@ -158,6 +163,61 @@ pub struct ModelConfig {
     /// decoded sample minus the decoded start), so the VAE's reconstruction error cancels; false
     /// takes the decoded sample as it is.
     pub sampler_residual: bool,
+    /// Multimodal mode: width of the CNN VAE's image latent.
+    pub image_latent: i64,
+    /// Multimodal mode: channels of the CNN VAE's first convolution (the second has twice as
+    /// many).
+    pub image_channels: i64,
+}
+
+/// See [`ModelConfig::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelMode {
+    #[default]
+    Tabular,
+    Multimodal,
+    DataSpace,
+}
+
+impl ModelMode {
+    pub const ALL: [ModelMode; 3] = [
+        ModelMode::Tabular,
+        ModelMode::Multimodal,
+        ModelMode::DataSpace,
+    ];
+
+    /// The name a job file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelMode::Tabular => "tabular",
+            ModelMode::Multimodal => "multimodal",
+            ModelMode::DataSpace => "data-space",
+        }
+    }
+
+    /// Whether the mode trains a VAE stage before the denoiser.
+    pub fn has_vae(self) -> bool {
+        self != ModelMode::DataSpace
+    }
+}
+
+impl std::fmt::Display for ModelMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ModelMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("model mode `{s}` is not one of tabular, multimodal, data-space")
+            })
+    }
 }
 
 impl Default for ModelConfig {
@@ -180,6 +240,9 @@ impl Default for ModelConfig {
             guidance_scale: 1.0,
             sampler_strength: 0.15,
             sampler_residual: true,
+            mode: ModelMode::default(),
+            image_latent: 16,
+            image_channels: 16,
         }
     }
 }
@@ -250,6 +313,8 @@ impl JobConfig {
             ("model.ffn_dim", m.ffn_dim),
             ("model.n_layers", m.n_layers),
             ("model.denoiser_width", m.denoiser_width),
+            ("model.image_latent", m.image_latent),
+            ("model.image_channels", m.image_channels),
         ] {
             if v < 1 {
                 return Err(format!("{key} must be at least 1"));

@@ -350,4 +350,9 @@ pub struct SampleManifest {
     /// The training dataset's columns (names, roles, dtypes, vocabularies).
     pub columns: Vec<ColumnInfo>,
     pub parts: Vec<SamplePart>,
+    /// Multimodal model: the generated rows' mean cross-modal coherence (squared difference
+    /// between the image decoder's picture and the picture of the decoded row, over the feature
+    /// pixels; 0 = the two views agree). Absent for the other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_modal_coherence: Option<f64>,
 }

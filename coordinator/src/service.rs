@@ -434,6 +434,10 @@ impl Coordinator {
             manifest.synthetic_rows = parts.iter().filter(|p| p.synthetic).map(|p| p.rows).sum();
             manifest.real_rows = parts.iter().filter(|p| !p.synthetic).map(|p| p.rows).sum();
             manifest.parts = parts;
+            let (sum, rows) = reports.iter().fold((0.0, 0u64), |(s, n), r| {
+                (s + r.coherence_sum, n + r.coherence_rows)
+            });
+            manifest.cross_modal_coherence = (rows > 0).then(|| sum / rows as f64);
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             out.put(SAMPLE_MANIFEST_NAME, Bytes::from(json)).await?;
             out.put(SUCCESS_MARKER, Bytes::new()).await?;
@@ -539,6 +543,7 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 label_column: ds.label_column.clone(),
                 columns: ds.columns.clone(),
                 parts: vec![],
+                cross_modal_coherence: None,
             };
             Ok(WorkPlan::Sample {
                 chunks,

@@ -168,6 +168,7 @@ fn done(worker: &str, a: &Assignment, success: bool) -> DoneReport {
         result_url: format!("ckpt-of-rank-{}", a.rank),
         outputs: vec![],
         rows_written: 0,
+        ..Default::default()
     }
 }
 

@@ -71,6 +71,15 @@ pub enum ModelError {
     )]
     NotFitted,
 
+    /// An image layout that does not give every feature its own pixel.
+    #[error("invalid image layout: {reason}")]
+    InvalidLayout { reason: String },
+
+    /// The multimodal model renders rows as images only once its layout is fitted (at the
+    /// start of VAE training).
+    #[error("the image layout is not fitted: the multimodal model has not started VAE training")]
+    LayoutNotFitted,
+
     /// There are no rows to train on.
     #[error("no {what} rows to train on")]
     EmptyData { what: &'static str },

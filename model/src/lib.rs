@@ -1,24 +1,33 @@
-//! flowsynth's generative model, the math without the runtime: TabSyn-style latent diffusion
-//! with class conditioning (DESIGN.md §3). The worker crate runs it (assignments, data-parallel
-//! glue, checkpoints); nothing here knows about gRPC, jobs or object stores.
+//! flowsynth's generative model, the math without the runtime: class-conditional latent
+//! diffusion over network flows (DESIGN.md §3). The worker crate runs it (assignments,
+//! data-parallel glue, checkpoints); nothing here knows about gRPC, jobs or object stores.
 //!
-//! Rows are encoded by the [`Preprocessor`] (normal-quantile transform, ordinal codes), embedded
-//! by a Transformer [`Vae`] whose posterior means are the latent rows, normalised as
-//! `(z - mean) / 2` (TabSyn), and modelled by a class-conditioned EDM [`Denoiser`]. Sampling runs
-//! the Heun sampler in that space, undoes the normalisation, decodes with the VAE decoder and
+//! Rows are encoded by the [`Preprocessor`] (normal-quantile transform, ordinal codes) and
+//! mapped to the space the denoiser learns, which [`ModelMode`] chooses:
+//! - `tabular` (TabSyn): the posterior means of a Transformer [`Vae`] over the columns;
+//! - `multimodal` (MAGE-ID): those joined with the posterior mean of a [`CnnVae`] over the
+//!   row's image view ([`image`]): one unified latent; the tabular decoder gives the sample and
+//!   the image decoder a second view whose agreement with it is the cross-modal coherence;
+//! - `data-space` (TabDDPM-like baseline): the preprocessed row itself, categoricals one-hot,
+//!   with no VAE.
+//!
+//! The space is normalised as `(z - mean) / 2` (TabSyn) and modelled by a class-conditioned EDM
+//! [`Denoiser`]. Sampling runs the Heun sampler there, undoes the normalisation, decodes and
 //! inverts the preprocessing.
 //!
 //! [`FlowModel`] holds the networks and the latent statistics; [`Trainer`] runs the two training
-//! stages (VAE, then denoiser) with two Adam optimisers and a checkpointable [`TrainState`].
+//! stages (VAEs, then denoiser) with two Adam optimisers and a checkpointable [`TrainState`].
 //!
 //! All randomness (initial weights, noise, data order) is drawn in Rust from the seed (see
 //! `rng`), so the same seed, data and configuration give the same weights and losses on CPU, on
 //! any thread.
 
+pub mod cnn;
 pub mod denoiser;
 pub mod edm;
 mod epoch;
 pub mod error;
+pub mod image;
 mod layers;
 pub mod optim;
 pub mod preprocess;
@@ -28,19 +37,22 @@ pub mod vae;
 
 use std::collections::HashMap;
 
-use flowsynth_common::config::ModelConfig;
+use flowsynth_common::config::{ModelConfig, ModelMode};
 use flowsynth_common::manifest::DatasetManifest;
 use flowsynth_common::table::Table;
 use tch::{Device, Kind, Tensor};
 
+pub use cnn::{CnnShape, CnnVae};
 pub use denoiser::Denoiser;
 pub use edm::{EdmNoise, SamplerOptions};
 pub use error::{ModelError, Result};
+pub use image::ImageLayout;
 pub use optim::{Adam, AdamConfig};
 pub use preprocess::{Batch, Preprocessor, probit};
 pub use trainer::{Alone, EpochReport, Partition, Replicas, Stage, TrainState, Trainer};
 pub use vae::{Vae, VaeLoss, VaeShape};
 
+use image::MomentSums;
 use layers::{Builder, int_vector, matrix};
 use rng::{Stream, derive, row_normals, tag};
 
@@ -56,23 +68,58 @@ pub const ANCHOR_NEIGHBOURS: i64 = 5;
 pub const LATENT_MEAN: &str = "latent.mean";
 /// Name of the "latent statistics fitted" flag buffer (`[1]`, 0 or 1).
 pub const LATENT_FITTED: &str = "latent.fitted";
+/// Name of the image layout buffer of the multimodal model (`[n_features]`: each feature's
+/// pixel, -1 before the layout is fitted).
+pub const IMAGE_PIXELS: &str = "image.pixels";
 
-/// Preprocessing, VAE, denoiser and latent statistics of one dataset.
+/// The image modality of the multimodal model.
+#[derive(Debug)]
+struct ImageView {
+    cnn: CnnVae,
+    /// The [`IMAGE_PIXELS`] buffer.
+    pixels: Tensor,
+    /// The layout the buffer holds, with its pixel mask, once fitted.
+    layout: Option<(ImageLayout, Tensor)>,
+}
+
+/// Preprocessing, VAE(s), denoiser and latent statistics of one dataset.
 #[derive(Debug)]
 pub struct FlowModel {
     pre: Preprocessor,
-    vae: Vae,
+    mode: ModelMode,
+    /// The tabular VAE (`None` in data space).
+    vae: Option<Vae>,
+    /// The CNN VAE and image layout (multimodal only).
+    image: Option<ImageView>,
     denoiser: Denoiser,
-    /// `vae.*` variables in creation order.
+    /// `vae.*` then `image.cnn.*` variables in creation order: what the first stage trains.
     vae_params: Vec<(String, Tensor)>,
     /// `denoiser.*` variables in creation order.
     denoiser_params: Vec<(String, Tensor)>,
-    /// `[latent_dim]` mean of the VAE posterior means over the training rows.
+    /// `[latent_dim]` mean of the unnormalised latents over the training rows.
     latent_mean: Tensor,
     /// `[1]`: 1 once `latent_mean` is fitted.
     latent_fitted: Tensor,
     config: ModelConfig,
     device: Device,
+}
+
+/// Reparameterisation noise of the first stage for a batch: the tabular VAE's
+/// (`[B, 1 + n_tokens, d_token]`) and, multimodal, the CNN VAE's (`[B, image_latent]`).
+#[derive(Debug)]
+pub struct VaeNoise {
+    pub tabular: Tensor,
+    pub image: Option<Tensor>,
+}
+
+/// What the first stage's loss adds up for one batch.
+#[derive(Debug)]
+pub struct StageOneLoss {
+    /// The tabular VAE's loss (its `total` includes the image terms when there are any).
+    pub tabular: VaeLoss,
+    /// Multimodal: the CNN VAE's pixel MSE and KL.
+    pub image_mse: f64,
+    pub image_kl: f64,
 }
 
 impl FlowModel {
@@ -90,6 +137,8 @@ impl FlowModel {
             ("model.ffn_dim", cfg.ffn_dim),
             ("model.n_layers", cfg.n_layers),
             ("model.denoiser_width", cfg.denoiser_width),
+            ("model.image_latent", cfg.image_latent),
+            ("model.image_channels", cfg.image_channels),
         ] {
             if v < 1 {
                 return Err(ModelError::InvalidConfig {
@@ -99,21 +148,47 @@ impl FlowModel {
             }
         }
         let pre = Preprocessor::new(manifest)?;
-        let shape = VaeShape {
-            n_num: pre.n_num() as i64,
-            cardinalities: pre.cardinalities().to_vec(),
-            d_token: cfg.d_token,
-            n_heads: cfg.n_heads,
-            ffn_dim: cfg.ffn_dim,
-            n_layers: cfg.n_layers,
-        };
-        let latent_dim = shape.latent_dim();
         let mut rng = Stream::new(derive(seed, &[tag::INIT]));
         let mut vae_params = Vec::new();
-        let vae = Vae::new(
-            &mut Builder::new(&mut vae_params, &mut rng, device, "vae"),
-            shape,
-        )?;
+        let vae = if cfg.mode.has_vae() {
+            let shape = VaeShape {
+                n_num: pre.n_num() as i64,
+                cardinalities: pre.cardinalities().to_vec(),
+                d_token: cfg.d_token,
+                n_heads: cfg.n_heads,
+                ffn_dim: cfg.ffn_dim,
+                n_layers: cfg.n_layers,
+            };
+            Some(Vae::new(
+                &mut Builder::new(&mut vae_params, &mut rng, device, "vae"),
+                shape,
+            )?)
+        } else {
+            None
+        };
+        let n_features = (pre.n_num() + pre.n_cat()) as i64;
+        let image = if cfg.mode == ModelMode::Multimodal {
+            let shape = CnnShape {
+                side: ImageLayout::side_for(n_features as usize) as i64,
+                channels: (cfg.image_channels, 2 * cfg.image_channels),
+                d_image: cfg.image_latent,
+            };
+            Some(ImageView {
+                cnn: CnnVae::new(
+                    &mut Builder::new(&mut vae_params, &mut rng, device, "image.cnn"),
+                    shape,
+                )?,
+                pixels: Tensor::f_full([n_features], -1.0, (Kind::Float, device))?,
+                layout: None,
+            })
+        } else {
+            None
+        };
+        let latent_dim = match (&vae, &image) {
+            (Some(v), None) => v.shape().latent_dim(),
+            (Some(v), Some(i)) => v.shape().latent_dim() + i.cnn.shape().d_image,
+            _ => pre.n_num() as i64 + pre.cardinalities().iter().sum::<i64>(),
+        };
         let mut denoiser_params = Vec::new();
         let denoiser = Denoiser::new(
             &mut Builder::new(&mut denoiser_params, &mut rng, device, "denoiser"),
@@ -125,7 +200,9 @@ impl FlowModel {
             latent_mean: Tensor::f_zeros([latent_dim], (Kind::Float, device))?,
             latent_fitted: Tensor::f_zeros([1], (Kind::Float, device))?,
             pre,
+            mode: cfg.mode,
             vae,
+            image,
             denoiser,
             vae_params,
             denoiser_params,
@@ -138,8 +215,26 @@ impl FlowModel {
         &self.pre
     }
 
-    pub fn vae(&self) -> &Vae {
-        &self.vae
+    pub fn mode(&self) -> ModelMode {
+        self.mode
+    }
+
+    /// The tabular VAE (`None` in data space).
+    pub fn vae(&self) -> Option<&Vae> {
+        self.vae.as_ref()
+    }
+
+    /// The CNN VAE (multimodal only).
+    pub fn cnn(&self) -> Option<&CnnVae> {
+        self.image.as_ref().map(|i| &i.cnn)
+    }
+
+    /// The fitted image layout (multimodal, once fitted).
+    pub fn image_layout(&self) -> Option<&ImageLayout> {
+        self.image
+            .as_ref()
+            .and_then(|i| i.layout.as_ref())
+            .map(|(l, _)| l)
     }
 
     pub fn denoiser(&self) -> &Denoiser {
@@ -154,16 +249,22 @@ impl FlowModel {
         self.device
     }
 
-    /// Width of a latent row (`n_tokens * d_token`).
+    /// Width of a row of the space the denoiser learns.
     pub fn latent_dim(&self) -> i64 {
-        self.vae.shape().latent_dim()
+        self.denoiser.dim()
+    }
+
+    /// Width of the tabular VAE's part of the latent (0 in data space).
+    fn tabular_dim(&self) -> i64 {
+        self.vae.as_ref().map_or(0, |v| v.shape().latent_dim())
     }
 
     pub fn classes(&self) -> usize {
         self.pre.classes()
     }
 
-    /// The VAE's trainable variables (shallow clones), in a fixed order.
+    /// The first stage's trainable variables (shallow clones), in a fixed order: the tabular
+    /// VAE's, then the CNN VAE's; none in data space.
     pub fn vae_params(&self) -> Vec<(String, Tensor)> {
         shallow(&self.vae_params)
     }
@@ -174,17 +275,21 @@ impl FlowModel {
     }
 
     fn buffers(&self) -> Vec<(String, Tensor)> {
-        vec![
+        let mut out = vec![
             (LATENT_MEAN.to_string(), self.latent_mean.shallow_clone()),
             (
                 LATENT_FITTED.to_string(),
                 self.latent_fitted.shallow_clone(),
             ),
-        ]
+        ];
+        if let Some(img) = &self.image {
+            out.push((IMAGE_PIXELS.to_string(), img.pixels.shallow_clone()));
+        }
+        out
     }
 
-    /// Every weight and buffer, by stable name (`vae.*`, `denoiser.*`, `latent.*`): what a
-    /// checkpoint stores. The tensors share storage with the model.
+    /// Every weight and buffer, by stable name (`vae.*`, `image.*`, `denoiser.*`, `latent.*`):
+    /// what a checkpoint stores. The tensors share storage with the model.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = self.vae_params();
         out.extend(self.denoiser_params());
@@ -218,9 +323,21 @@ impl FlowModel {
                 name: name.to_string(),
             });
         }
-        let _guard = tch::no_grad_guard();
-        for (mut dst, src) in pairs {
-            dst.f_copy_(src)?;
+        // The layout is checked before anything is copied.
+        let layout = match (&self.image, by_name_pixels(tensors)) {
+            (Some(img), Some(p)) => Some(layout_from_buffer(p, img.cnn.shape().side)?),
+            _ => None,
+        };
+        {
+            let _guard = tch::no_grad_guard();
+            for (mut dst, src) in pairs {
+                dst.f_copy_(src)?;
+            }
+        }
+        if let (Some(img), Some(layout)) = (&mut self.image, layout) {
+            img.layout = layout
+                .map(|l| Ok::<_, ModelError>((l.clone(), l.mask(self.device)?)))
+                .transpose()?;
         }
         Ok(())
     }
@@ -252,26 +369,211 @@ impl FlowModel {
         Ok(())
     }
 
-    /// VAE loss on a batch; `eps` as in [`Vae::loss`].
-    pub fn vae_loss(&self, batch: &Batch, beta: f64, eps: Option<&Tensor>) -> Result<VaeLoss> {
-        self.vae.loss(batch, beta, eps)
+    /// Whether the model still needs its image layout fitted (multimodal, before training).
+    pub fn needs_image_layout(&self) -> bool {
+        self.image.as_ref().is_some_and(|i| i.layout.is_none())
     }
 
-    /// Reparameterisation noise for rows `row_ids`: `[B, 1 + n_tokens, d_token]`.
-    pub fn vae_noise(&self, key: u64, row_ids: &[u64]) -> Result<Tensor> {
-        let s = self.vae.shape();
-        let per_row = ((s.n_tokens() + 1) * s.d_token) as usize;
-        let flat = row_normals(key, row_ids, per_row);
-        Ok(
-            matrix(&flat, row_ids.len(), per_row, self.device)?.f_reshape([
-                row_ids.len() as i64,
-                s.n_tokens() + 1,
-                s.d_token,
-            ])?,
-        )
+    /// The image view's feature rows of a batch `[B, n_num + n_cat]` (see [`image`]).
+    fn image_features(&self, num: &Tensor, cat: &Tensor) -> Result<Tensor> {
+        image::features(num, cat, self.pre.cardinalities())
     }
 
-    /// Sum of the VAE posterior means over batches of rows (`[latent_dim]`, float64) and the
+    /// Sums of the image features over batches of rows, from which the layout is fitted
+    /// ([`FlowModel::fit_image_layout`]); a data-parallel trainer sums them over its ranks.
+    pub fn image_moments(
+        &self,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+    ) -> Result<MomentSums> {
+        let n = (self.pre.n_num() + self.pre.n_cat()) as i64;
+        let mut sums = MomentSums::new(n, self.device)?;
+        let _guard = tch::no_grad_guard();
+        for batch in batches {
+            let batch = batch?;
+            sums.add(&self.image_features(&batch.num, &batch.cat)?)?;
+        }
+        Ok(sums)
+    }
+
+    /// Fits the image layout from (replica-summed) moments and stores it in the model.
+    pub fn fit_image_layout(&mut self, sums: &MomentSums) -> Result<()> {
+        let Some(img) = &mut self.image else {
+            return Ok(());
+        };
+        let n = sums.sum.size()[0] as usize;
+        let layout = ImageLayout::fit(&sums.correlation()?, n)?;
+        let pixels: Vec<f32> = layout.pixel_of().iter().map(|&p| p as f32).collect();
+        {
+            let _guard = tch::no_grad_guard();
+            img.pixels
+                .f_copy_(&Tensor::f_from_slice(&pixels)?.f_to_device(self.device)?)?;
+        }
+        let mask = layout.mask(self.device)?;
+        img.layout = Some((layout, mask));
+        Ok(())
+    }
+
+    /// A batch's images `[B, 1, side, side]` (multimodal, layout fitted).
+    pub fn render(&self, num: &Tensor, cat: &Tensor) -> Result<Tensor> {
+        let (layout, _) = self.fitted_layout()?;
+        layout.render(&self.image_features(num, cat)?)
+    }
+
+    fn fitted_layout(&self) -> Result<&(ImageLayout, Tensor)> {
+        self.image
+            .as_ref()
+            .and_then(|i| i.layout.as_ref())
+            .ok_or(ModelError::LayoutNotFitted)
+    }
+
+    /// The first stage's loss on a batch (tabular VAE, plus the CNN VAE on the batch's images
+    /// when multimodal, summed with the same beta); `eps` as in [`Vae::loss`].
+    pub fn vae_loss(
+        &self,
+        batch: &Batch,
+        beta: f64,
+        eps: Option<&VaeNoise>,
+    ) -> Result<StageOneLoss> {
+        let vae = self.vae.as_ref().ok_or(ModelError::InvalidConfig {
+            key: "model.mode",
+            reason: "the data-space model has no VAE to train".into(),
+        })?;
+        let mut tabular = vae.loss(batch, beta, eps.map(|e| &e.tabular))?;
+        let (mut image_mse, mut image_kl) = (0.0, 0.0);
+        if let Some(img) = &self.image {
+            let (_, mask) = self.fitted_layout()?;
+            let images = self.render(&batch.num, &batch.cat)?;
+            let l = img
+                .cnn
+                .loss(&images, mask, beta, eps.and_then(|e| e.image.as_ref()))?;
+            tabular.total = &tabular.total + &l.total;
+            image_mse = layers::scalar(&l.mse.f_detach()?)?;
+            image_kl = layers::scalar(&l.kl.f_detach()?)?;
+        }
+        Ok(StageOneLoss {
+            tabular,
+            image_mse,
+            image_kl,
+        })
+    }
+
+    /// First-stage reparameterisation noise for rows `row_ids` (see [`VaeNoise`]).
+    pub fn vae_noise(&self, key: u64, row_ids: &[u64]) -> Result<VaeNoise> {
+        let Some(vae) = &self.vae else {
+            return Err(ModelError::InvalidConfig {
+                key: "model.mode",
+                reason: "the data-space model has no VAE to train".into(),
+            });
+        };
+        let s = vae.shape();
+        let tab = ((s.n_tokens() + 1) * s.d_token) as usize;
+        let img = self.cnn().map_or(0, |c| c.shape().d_image as usize);
+        let per_row = tab + img;
+        let rows = row_ids.len();
+        let all = matrix(
+            &row_normals(key, row_ids, per_row),
+            rows,
+            per_row,
+            self.device,
+        )?;
+        let tabular = all.f_narrow(1, 0, tab as i64)?.f_reshape([
+            rows as i64,
+            s.n_tokens() + 1,
+            s.d_token,
+        ])?;
+        let image = if img > 0 {
+            Some(all.f_narrow(1, tab as i64, img as i64)?)
+        } else {
+            None
+        };
+        Ok(VaeNoise { tabular, image })
+    }
+
+    /// Cross-modal coherence of latents (unnormalised, `[B, latent_dim]`): the mean squared
+    /// difference, over the feature pixels, between the image the CNN decoder draws from the
+    /// image part and the image of the row the tabular decoder reads from the tabular part.
+    /// 0 = the two views agree exactly. `None` unless multimodal. Per row, `[B]`.
+    fn coherence_rows(&self, raw: &Tensor, num: &Tensor, cat: &Tensor) -> Result<Option<Tensor>> {
+        let Some(img) = &self.image else {
+            return Ok(None);
+        };
+        let (_, mask) = self.fitted_layout()?;
+        let tab = self.tabular_dim();
+        let drawn = img
+            .cnn
+            .decode(&raw.f_narrow(1, tab, img.cnn.shape().d_image)?)?;
+        let read = self.render(num, cat)?;
+        Ok(Some(cnn::masked_mse_rows(&drawn, &read, mask)?))
+    }
+
+    /// Mean cross-modal coherence of rows (encoded with the posterior means, decoded by both
+    /// decoders): a training metric of the multimodal model; `None` in the other modes.
+    pub fn coherence(&self, batch: &Batch) -> Result<Option<f64>> {
+        if self.image.is_none() {
+            return Ok(None);
+        }
+        let _guard = tch::no_grad_guard();
+        let raw = self.raw_latent(batch)?;
+        let (num, cat) = self.decode_raw(&raw)?;
+        match self.coherence_rows(&raw, &num, &cat)? {
+            Some(c) => Ok(Some(layers::scalar(&c.f_mean(Kind::Float)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Unnormalised latents of a batch `[B, latent_dim]` (posterior means, or the row itself in
+    /// data space), without gradients.
+    fn raw_latent(&self, batch: &Batch) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match (&self.vae, &self.image) {
+            (Some(vae), None) => vae.encode_mean(batch),
+            (Some(vae), Some(img)) => {
+                let tab = vae.encode_mean(batch)?;
+                let pic = img.cnn.encode_mean(&self.render(&batch.num, &batch.cat)?)?;
+                Ok(Tensor::f_cat(&[tab, pic], 1)?)
+            }
+            (None, _) => {
+                let mut parts = vec![batch.num.shallow_clone()];
+                for (i, &k) in self.pre.cardinalities().iter().enumerate() {
+                    parts.push(
+                        batch
+                            .cat
+                            .f_select(1, i as i64)?
+                            .f_one_hot(k)?
+                            .f_to_kind(Kind::Float)?,
+                    );
+                }
+                Ok(Tensor::f_cat(&parts, 1)?)
+            }
+        }
+    }
+
+    /// Unnormalised latents -> preprocessed values: normal scores `[B, n_num]` and codes
+    /// `[B, n_cat]` (the tabular decoder; in data space the numeric part and the argmax of each
+    /// one-hot block).
+    fn decode_raw(&self, raw: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.vae {
+            Some(vae) => vae.decode(&raw.f_narrow(1, 0, self.tabular_dim())?),
+            None => {
+                let n_num = self.pre.n_num() as i64;
+                let num = raw.f_narrow(1, 0, n_num)?;
+                let mut at = n_num;
+                let mut codes = Vec::new();
+                for &k in self.pre.cardinalities() {
+                    codes.push(raw.f_narrow(1, at, k)?.f_argmax(-1, false)?);
+                    at += k;
+                }
+                let cat = if codes.is_empty() {
+                    Tensor::f_zeros([raw.size()[0], 0], (Kind::Int64, raw.device()))?
+                } else {
+                    Tensor::f_stack(&codes, 1)?
+                };
+                Ok((num, cat))
+            }
+        }
+    }
+
+    /// Sum of the unnormalised latents over batches of rows (`[latent_dim]`, float64) and the
     /// number of rows, without gradients. The trainer sums both over its replicas (a sum, not an
     /// average: shards differ in size) and sets their ratio, TabSyn's latent mean, with
     /// [`FlowModel::set_latent_mean`].
@@ -284,19 +586,18 @@ impl FlowModel {
         let mut rows = 0;
         for batch in batches {
             let batch = batch?;
-            let mu = self.vae.encode_mean(&batch)?;
+            let mu = self.raw_latent(&batch)?;
             sum += mu.f_sum_dim_intlist(0, false, Kind::Double)?;
             rows += batch.rows();
         }
         Ok((sum, rows))
     }
 
-    /// The diffusion-space latent of a batch: `(encode_mean - mean) / 2`, `[B, latent_dim]`,
-    /// without gradients.
+    /// The diffusion-space latent of a batch: `(raw - mean) / 2`, `[B, latent_dim]`, without
+    /// gradients.
     pub fn encode_latent(&self, batch: &Batch) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        let mu = self.vae.encode_mean(batch)?;
-        Ok((mu - self.latent_mean.unsqueeze(0)) / 2.0)
+        let raw = self.raw_latent(batch)?;
+        Ok((raw - self.latent_mean.unsqueeze(0)) / 2.0)
     }
 
     /// EDM loss of the denoiser on diffusion-space latents `z` `[B, latent_dim]` with class codes
@@ -329,7 +630,7 @@ impl FlowModel {
         for start in (0..labels.len()).step_by(SAMPLE_CHUNK_ROWS) {
             let chunk = &labels[start..(start + SAMPLE_CHUNK_ROWS).min(labels.len())];
             let ids: Vec<u64> = (start as u64..(start + chunk.len()) as u64).collect();
-            out.append(&self.generate(chunk, &ids, None, opts, seed)?);
+            out.append(&self.generate(chunk, &ids, None, opts, seed)?.0);
         }
         Ok(out)
     }
@@ -410,6 +711,22 @@ impl FlowModel {
         seed: u64,
         first_id: u64,
     ) -> Result<Table> {
+        Ok(self
+            .sample_class_scored(label, count, anchors, opts, seed, first_id)?
+            .0)
+    }
+
+    /// [`FlowModel::sample_class`] with each row's cross-modal coherence (multimodal; see
+    /// [`FlowModel::coherence`]), `None` in the other modes.
+    pub fn sample_class_scored(
+        &self,
+        label: u32,
+        count: usize,
+        anchors: Option<&Anchors>,
+        opts: &SamplerOptions,
+        seed: u64,
+        first_id: u64,
+    ) -> Result<(Table, Option<Vec<f64>>)> {
         self.check_labels(&[label])?;
         if anchors.is_none() && opts.strength < 1.0 {
             return Err(ModelError::InvalidConfig {
@@ -422,6 +739,7 @@ impl FlowModel {
         }
         let key = derive(seed, &[tag::NEIGHBOURHOOD]);
         let mut out = self.empty_table();
+        let mut coherence: Option<Vec<f64>> = None;
         for start in (0..count).step_by(SAMPLE_CHUNK_ROWS) {
             let len = SAMPLE_CHUNK_ROWS.min(count - start);
             let ids: Vec<u64> = (0..len as u64)
@@ -432,9 +750,17 @@ impl FlowModel {
                 Some(anchors) => Some(anchors.starts(key, &ids, self.device)?),
                 None => None,
             };
-            out.append(&self.generate(&labels, &ids, start.as_ref(), opts, seed)?);
+            let (rows, scores) = self.generate(&labels, &ids, start.as_ref(), opts, seed)?;
+            out.append(&rows);
+            if let Some(c) = scores {
+                coherence
+                    .get_or_insert_with(Vec::new)
+                    .extend(Vec::<f64>::try_from(
+                        c.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
+                    )?);
+            }
         }
-        Ok(out)
+        Ok((out, coherence))
     }
 
     /// Latents, normal scores and codes of `rows`, through the encoder chunk by chunk.
@@ -484,7 +810,8 @@ impl FlowModel {
     /// their preprocessed values and takes only the model's change: the decoded sample minus the
     /// decoded start (for a categorical, the decoded sample's category where it differs from the
     /// decoded start's and the class's real rows use it). The VAE's reconstruction error, which
-    /// would otherwise blur every value of a small class, then cancels.
+    /// would otherwise blur every value of a small class, then cancels. Multimodal, each row's
+    /// cross-modal coherence comes with it (of the decoded sample, before the residual step).
     fn generate(
         &self,
         labels: &[u32],
@@ -492,7 +819,7 @@ impl FlowModel {
         start: Option<&Start>,
         opts: &SamplerOptions,
         seed: u64,
-    ) -> Result<Table> {
+    ) -> Result<(Table, Option<Tensor>)> {
         let _guard = tch::no_grad_guard();
         let dim = self.latent_dim() as usize;
         let key = derive(seed, &[tag::SAMPLE]);
@@ -507,8 +834,10 @@ impl FlowModel {
         };
         let origin = start.map(|s| &s.latent);
         let z = edm::heun_sample(&self.denoiser, &x0, origin, &y, opts, &mut churn)?;
-        let decode = |z: &Tensor| self.vae.decode(&(z * 2.0 + self.latent_mean.unsqueeze(0)));
+        let raw = |z: &Tensor| z * 2.0 + self.latent_mean.unsqueeze(0);
+        let decode = |z: &Tensor| self.decode_raw(&raw(z));
         let (mut num, mut cat) = decode(&z)?;
+        let coherence = self.coherence_rows(&raw(&z), &num, &cat)?;
         if let Some(s) = start.filter(|_| opts.residual) {
             let (num0, cat0) = decode(&s.latent)?;
             num = &s.num + (num - num0);
@@ -519,7 +848,7 @@ impl FlowModel {
             let take = cat.f_ne_tensor(&cat0)?.f_logical_and(&of_class)?;
             cat = cat.f_where_self(&take, &s.cat)?;
         }
-        self.pre.decode(&num, &cat, labels)
+        Ok((self.pre.decode(&num, &cat, labels)?, coherence))
     }
 }
 
@@ -595,6 +924,32 @@ impl Anchors {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The [`IMAGE_PIXELS`] tensor of a loaded set.
+fn by_name_pixels(tensors: &[(String, Tensor)]) -> Option<&Tensor> {
+    tensors
+        .iter()
+        .find(|(n, _)| n == IMAGE_PIXELS)
+        .map(|(_, t)| t)
+}
+
+/// The layout an [`IMAGE_PIXELS`] buffer holds; `None` while it is unfitted (all -1).
+fn layout_from_buffer(pixels: &Tensor, side: i64) -> Result<Option<ImageLayout>> {
+    let values = Vec::<f32>::try_from(pixels.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?)?;
+    if values.iter().all(|&p| p == -1.0) {
+        return Ok(None);
+    }
+    let mut pixel_of = Vec::with_capacity(values.len());
+    for (i, &p) in values.iter().enumerate() {
+        if !(p >= 0.0 && p.fract() == 0.0) {
+            return Err(ModelError::InvalidLayout {
+                reason: format!("`{IMAGE_PIXELS}` places feature {i} at pixel {p}"),
+            });
+        }
+        pixel_of.push(p as usize);
+    }
+    ImageLayout::from_pixels(side as usize, pixel_of).map(Some)
 }
 
 fn shallow(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {

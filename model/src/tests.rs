@@ -1,6 +1,7 @@
 //! Behaviour of the model as a whole: determinism, checkpoint round trips, learning.
 
-use flowsynth_common::config::TrainConfig;
+use flowsynth_common::config::{ModelMode, TrainConfig};
+use flowsynth_common::manifest::DatasetManifest;
 use tch::{Device, Kind, Tensor};
 
 use super::testutil::*;
@@ -151,29 +152,61 @@ fn sampling_before_vae_training_is_refused() {
     ));
 }
 
-#[test]
-fn save_load_round_trip_gives_identical_samples() {
-    let (table, manifest) = two_class_dataset(300, 5);
-    let mut t = Trainer::new(&manifest, &tiny_train(1, 1), &tiny_model(), Device::Cpu).unwrap();
-    t.run_epoch(&table, &Table::default(), &mut no_hook())
-        .unwrap();
-    t.run_epoch(&table, &Table::default(), &mut no_hook())
-        .unwrap();
-    assert_eq!(t.state().stage, Stage::Done);
-    let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
-    let before = t.model().sample(&labels, 6, 1.5, 99).unwrap();
-    assert_eq!(before.labels, labels);
+/// A model of `mode` trained to the end on `table` (1 VAE + 1 denoiser epoch).
+fn trained_in(mode: ModelMode, table: &Table, manifest: &DatasetManifest) -> Trainer {
+    let cfg = tiny_model_in(mode);
+    let mut t = Trainer::new(manifest, &tiny_train(1, 1), &cfg, Device::Cpu).unwrap();
+    while t.settle(table, &mut no_hook()).unwrap() != Stage::Done {
+        t.run_epoch(table, &Table::default(), &mut no_hook())
+            .unwrap();
+    }
+    t
+}
 
+/// Writes a model's tensors to a safetensors file and reads them back.
+fn through_a_file(model: &FlowModel) -> Vec<(String, Tensor)> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
-    Tensor::write_safetensors(&t.model().named_tensors(), &path).unwrap();
-    let loaded = Tensor::read_safetensors(&path).unwrap();
+    Tensor::write_safetensors(&model.named_tensors(), &path).unwrap();
+    Tensor::read_safetensors(&path).unwrap()
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_samples_in_every_mode() {
+    let (table, manifest) = two_class_dataset(300, 5);
+    let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
+    for mode in ModelMode::ALL {
+        let t = trained_in(mode, &table, &manifest);
+        let before = t.model().sample(&labels, 6, 1.5, 99).unwrap();
+        assert_eq!(before.labels, labels);
+        let mut fresh = FlowModel::new(&manifest, &tiny_model_in(mode), Device::Cpu, 1234).unwrap();
+        fresh
+            .load_named_tensors(&through_a_file(t.model()))
+            .unwrap();
+        assert_eq!(fresh.image_layout(), t.model().image_layout(), "{mode}");
+        let after = fresh.sample(&labels, 6, 1.5, 99).unwrap();
+        assert_eq!(before, after, "{mode}");
+        // Another seed gives other rows.
+        assert_ne!(fresh.sample(&labels, 6, 1.5, 100).unwrap(), after, "{mode}");
+        // A checkpoint of one mode does not load into another.
+        let other =
+            ModelMode::ALL[(ModelMode::ALL.iter().position(|&m| m == mode).unwrap() + 1) % 3];
+        let mut wrong = FlowModel::new(&manifest, &tiny_model_in(other), Device::Cpu, 1).unwrap();
+        assert!(
+            wrong
+                .load_named_tensors(&t.model().named_tensors())
+                .is_err(),
+            "{mode} into {other}"
+        );
+    }
+}
+
+#[test]
+fn checkpoint_errors_name_the_tensor() {
+    let (table, manifest) = two_class_dataset(300, 5);
+    let t = trained_in(ModelMode::Tabular, &table, &manifest);
+    let loaded = through_a_file(t.model());
     let mut fresh = FlowModel::new(&manifest, &tiny_model(), Device::Cpu, 1234).unwrap();
-    fresh.load_named_tensors(&loaded).unwrap();
-    let after = fresh.sample(&labels, 6, 1.5, 99).unwrap();
-    assert_eq!(before, after);
-    // Another seed gives other rows.
-    assert_ne!(fresh.sample(&labels, 6, 1.5, 100).unwrap(), after);
 
     // Errors name the tensor.
     let missing: Vec<_> = loaded
@@ -465,29 +498,45 @@ fn check_data_parallel_equivalence(
     owner: impl Fn(usize) -> usize + Sync,
     epochs: impl Fn(&mut TrainConfig),
 ) {
+    check_data_parallel_equivalence_in(ModelMode::Tabular, ranks, owner, epochs);
+}
+
+/// Runs every epoch of `trainer` (each a VAE or denoiser epoch) and reports them.
+fn run_all(t: &mut Trainer, table: &Table, replicas: &mut dyn Replicas) -> Vec<EpochReport> {
+    let mut reports = Vec::new();
+    while t.settle(table, replicas).unwrap() != Stage::Done {
+        reports.push(t.run_epoch(table, &Table::default(), replicas).unwrap());
+    }
+    reports
+}
+
+fn check_data_parallel_equivalence_in(
+    mode: ModelMode,
+    ranks: usize,
+    owner: impl Fn(usize) -> usize + Sync,
+    epochs: impl Fn(&mut TrainConfig),
+) {
     let (table, manifest) = two_class_dataset(470, 12);
     let b = 40;
     let mut cfg = tiny_train(1, 1);
     epochs(&mut cfg);
     let rows = cfg.rows_per_epoch(470) as usize;
     cfg.batch_size = ranks * b;
-    let mut single = Trainer::new(&manifest, &cfg, &tiny_model(), Device::Cpu).unwrap();
-    let vae_single = single
-        .run_epoch(&table, &Table::default(), &mut Alone)
-        .unwrap();
-    let diffusion_single = single
-        .run_epoch(&table, &Table::default(), &mut Alone)
-        .unwrap();
+    let model_cfg = tiny_model_in(mode);
+    let mut single = Trainer::new(&manifest, &cfg, &model_cfg, Device::Cpu).unwrap();
+    let reports_single = run_all(&mut single, &table, &mut Alone);
+    assert_eq!(reports_single.len(), if mode.has_vae() { 2 } else { 1 });
     cfg.batch_size = b;
     let sum = ThreadSum::new(ranks);
-    let trained: Vec<(Trainer, EpochReport, EpochReport)> = std::thread::scope(|s| {
+    let trained: Vec<(Trainer, Vec<EpochReport>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..ranks)
             .map(|r| {
-                let (cfg, manifest, table, sum, owner) = (&cfg, &manifest, &table, &sum, &owner);
+                let (cfg, manifest, table, sum, owner, model_cfg) =
+                    (&cfg, &manifest, &table, &sum, &owner, &model_cfg);
                 s.spawn(move || {
                     tch::set_num_threads(1);
                     let idx: Vec<usize> = (0..table.rows()).filter(|&i| owner(i) == r).collect();
-                    let mut t = Trainer::new(manifest, cfg, &tiny_model(), Device::Cpu).unwrap();
+                    let mut t = Trainer::new(manifest, cfg, model_cfg, Device::Cpu).unwrap();
                     t.set_partition(Some(Partition {
                         world: ranks,
                         global_rows: table.rows(),
@@ -495,13 +544,8 @@ fn check_data_parallel_equivalence(
                     }))
                     .unwrap();
                     let local = table.select(&idx);
-                    let vae = t
-                        .run_epoch(&local, &Table::default(), &mut sum.rank(r))
-                        .unwrap();
-                    let diffusion = t
-                        .run_epoch(&local, &Table::default(), &mut sum.rank(r))
-                        .unwrap();
-                    (t, vae, diffusion)
+                    let reports = run_all(&mut t, &local, &mut sum.rank(r));
+                    (t, reports)
                 })
             })
             .collect();
@@ -512,14 +556,17 @@ fn check_data_parallel_equivalence(
             .zip(b)
             .all(|((na, ta), (nb, tb))| na == nb && ta.allclose(tb, 1e-4, 1e-5, false))
     };
-    for (t, vae, diffusion) in &trained {
-        assert_eq!(vae.steps, vae_single.steps);
-        assert_eq!(vae.rows, rows);
-        assert!((vae.loss - vae_single.loss).abs() < 1e-4 * vae_single.loss.abs().max(1.0));
-        assert!(
-            (diffusion.loss - diffusion_single.loss).abs()
-                < 1e-4 * diffusion_single.loss.abs().max(1.0)
-        );
+    for (t, reports) in &trained {
+        assert_eq!(reports.len(), reports_single.len());
+        for (r, r1) in reports.iter().zip(&reports_single) {
+            assert_eq!((r.stage, r.steps, r.rows), (r1.stage, r1.steps, rows));
+            assert!(
+                (r.loss - r1.loss).abs() < 1e-4 * r1.loss.abs().max(1.0),
+                "{mode}"
+            );
+            assert!((r.image_mse - r1.image_mse).abs() < 1e-4 * r1.image_mse.max(1.0));
+        }
+        assert_eq!(t.model().image_layout(), single.model().image_layout());
         assert!(close(&t.model().vae_params(), &single.model().vae_params()));
         assert!(
             t.model()
@@ -537,7 +584,14 @@ fn check_data_parallel_equivalence(
             &trained[0].0.model().named_tensors()
         ));
     }
-    assert_eq!(vae_single.steps, rows.div_ceil(ranks * b));
+    assert_eq!(reports_single[0].steps, rows.div_ceil(ranks * b));
+}
+
+#[test]
+fn two_workers_match_one_worker_in_the_multimodal_and_data_space_modes() {
+    for mode in [ModelMode::Multimodal, ModelMode::DataSpace] {
+        check_data_parallel_equivalence_in(mode, 2, |i| usize::from(i >= 300), |_| {});
+    }
 }
 
 #[test]
@@ -673,4 +727,141 @@ fn residual_decoding_keeps_the_real_values_the_model_does_not_change() {
         off(&kept),
         off(&decoded)
     );
+}
+
+#[test]
+fn every_mode_has_its_latent_space_and_networks() {
+    let (table, manifest) = two_class_dataset(300, 31);
+    // 3 numeric columns and one categorical column of 3 values; tiny models: d_token 4,
+    // image latent 6, a 2x2 image.
+    for (mode, dim) in [
+        (ModelMode::Tabular, 16),
+        (ModelMode::Multimodal, 16 + 6),
+        (ModelMode::DataSpace, 3 + 3),
+    ] {
+        let t = trained_in(mode, &table, &manifest);
+        let m = t.model();
+        assert_eq!(m.latent_dim(), dim, "{mode}");
+        let names: Vec<String> = m.named_tensors().into_iter().map(|(n, _)| n).collect();
+        let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+        assert_eq!(has("vae."), mode.has_vae(), "{mode}");
+        assert_eq!(has("image.cnn."), mode == ModelMode::Multimodal, "{mode}");
+        assert_eq!(
+            names.contains(&IMAGE_PIXELS.to_string()),
+            mode == ModelMode::Multimodal
+        );
+        assert_eq!(
+            m.image_layout().map(|l| l.side()),
+            (mode == ModelMode::Multimodal).then_some(2)
+        );
+        let batch = m
+            .preprocessor()
+            .encode(&table.select(&[0, 1, 2]), Device::Cpu)
+            .unwrap();
+        assert_eq!(m.encode_latent(&batch).unwrap().size(), [3, dim]);
+        let coherence = m.coherence(&batch).unwrap();
+        assert_eq!(coherence.is_some(), mode == ModelMode::Multimodal, "{mode}");
+        assert!(coherence.is_none_or(|c| c.is_finite() && c >= 0.0));
+        let (rows, scores) = m
+            .sample_class_scored(
+                1,
+                25,
+                None,
+                &SamplerOptions {
+                    strength: 1.0,
+                    ..SamplerOptions::new(4, 1.0)
+                },
+                3,
+                0,
+            )
+            .unwrap();
+        assert_eq!(rows.rows(), 25);
+        assert_eq!(
+            scores.map(|s| s.len()),
+            (mode == ModelMode::Multimodal).then_some(25)
+        );
+    }
+}
+
+#[test]
+fn data_space_latents_decode_to_the_same_rows() {
+    let (table, manifest) = two_class_dataset(200, 32);
+    let m = FlowModel::new(
+        &manifest,
+        &tiny_model_in(ModelMode::DataSpace),
+        Device::Cpu,
+        0,
+    )
+    .unwrap();
+    let batch = m.preprocessor().encode(&table, Device::Cpu).unwrap();
+    let (num, cat) = m.decode_raw(&m.raw_latent(&batch).unwrap()).unwrap();
+    assert!(num.equal(&batch.num));
+    assert!(cat.equal(&batch.cat));
+}
+
+#[test]
+fn the_data_space_model_skips_the_vae_stage() {
+    let (table, manifest) = two_class_dataset(200, 33);
+    let mut t = Trainer::new(
+        &manifest,
+        &tiny_train(3, 2),
+        &tiny_model_in(ModelMode::DataSpace),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(t.stage_epochs(Stage::Vae), 0);
+    let reports = run_all(&mut t, &table, &mut no_hook());
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r.stage == Stage::Diffusion));
+    assert!(t.model().latent_fitted().unwrap());
+}
+
+#[test]
+fn the_cnn_vae_gets_every_gradient_and_learns_the_images() {
+    let (table, manifest) = two_class_dataset(400, 34);
+    let mut m = FlowModel::new(
+        &manifest,
+        &tiny_model_in(ModelMode::Multimodal),
+        Device::Cpu,
+        0,
+    )
+    .unwrap();
+    assert!(m.needs_image_layout());
+    let batch = m.preprocessor().encode(&table, Device::Cpu).unwrap();
+    let sums = m
+        .image_moments(&mut std::iter::once(Ok(batch
+            .select(&Tensor::arange(400, (Kind::Int64, Device::Cpu)))
+            .unwrap())))
+        .unwrap();
+    m.fit_image_layout(&sums).unwrap();
+    assert!(!m.needs_image_layout());
+    let images = m.render(&batch.num, &batch.cat).unwrap();
+    assert_eq!(images.size(), [400, 1, 2, 2]);
+    let cnn = m.cnn().unwrap();
+    let (_, mask) = m.fitted_layout().unwrap();
+    let cnn_params: Vec<(String, Tensor)> = m
+        .vae_params()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("image.cnn."))
+        .collect();
+    assert_eq!(cnn_params.len(), 14, "7 layers with weight and bias");
+    let mut opt = Adam::new(cnn_params, AdamConfig::new(3e-3, 0.0)).unwrap();
+    let mut first = None;
+    let mut last = 0.0;
+    for _ in 0..60 {
+        opt.zero_grad();
+        let loss = cnn.loss(&images, mask, 1e-3, None).unwrap();
+        loss.total.backward();
+        for (name, g) in opt.params().iter().map(|(n, p)| (n, p.grad())) {
+            assert!(
+                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}"
+            );
+        }
+        opt.step().unwrap();
+        last = loss.mse.double_value(&[]);
+        first.get_or_insert(last);
+    }
+    let first = first.unwrap();
+    assert!(last < 0.5 * first, "pixel MSE {first} -> {last}");
 }

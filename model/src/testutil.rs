@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flowsynth_common::config::{ModelConfig, TrainConfig};
+use flowsynth_common::config::{ModelConfig, ModelMode, TrainConfig};
 use flowsynth_common::manifest::{
     ColumnInfo, ColumnRole, DType, DatasetManifest, MANIFEST_FORMAT_VERSION, NonFinitePolicy,
     NumericStats, PartInfo, RowDrops, SourceInfo,
@@ -162,6 +162,16 @@ pub fn tiny_model() -> ModelConfig {
         n_layers: 2,
         denoiser_width: 64,
         ..ModelConfig::default()
+    }
+}
+
+/// [`tiny_model`] in `mode` (a small CNN VAE when multimodal).
+pub fn tiny_model_in(mode: ModelMode) -> ModelConfig {
+    ModelConfig {
+        mode,
+        image_latent: 6,
+        image_channels: 4,
+        ..tiny_model()
     }
 }
 

@@ -1,5 +1,7 @@
-//! The two-stage training loop: VAE epochs (with TabSyn's beta schedule), then the latent
-//! statistics, then denoiser epochs on the frozen VAE's latents.
+//! The two-stage training loop: VAE epochs (with TabSyn's beta schedule; the tabular and the CNN
+//! VAE together in multimodal mode, after the image layout is fitted), then the latent
+//! statistics, then denoiser epochs on the frozen VAEs' latents. The data-space model has no
+//! VAE stage.
 //!
 //! One call to [`Trainer::run_epoch`] runs one epoch of the current stage. Everything that
 //! decides the result (data order, noise, label dropout) is keyed by `(seed, stage, epoch, row)`,
@@ -8,7 +10,7 @@
 
 use std::time::Instant;
 
-use flowsynth_common::config::{ModelConfig, TrainConfig};
+use flowsynth_common::config::{ModelConfig, ModelMode, TrainConfig};
 use flowsynth_common::manifest::DatasetManifest;
 use flowsynth_common::table::Table;
 use serde::{Deserialize, Serialize};
@@ -79,8 +81,15 @@ pub struct EpochReport {
     pub mse: f64,
     pub ce: f64,
     pub kl: f64,
-    /// VAE stage: the reconstruction loss (mse + ce) that drives the beta schedule, on the
-    /// validation rows, or on the training epoch when there are none.
+    /// VAE stage, multimodal: the CNN VAE's pixel MSE and KL.
+    pub image_mse: f64,
+    pub image_kl: f64,
+    /// VAE stage, multimodal: cross-modal coherence on the validation rows (or the training
+    /// epoch's first rows when there are none): mean squared difference between the image the
+    /// CNN decoder draws and the image of the row the tabular decoder reads, 0 = agreement.
+    pub coherence: Option<f64>,
+    /// VAE stage: the reconstruction loss (mse + ce, + image_mse) that drives the beta schedule,
+    /// on the validation rows, or on the training epoch when there are none.
     pub val_loss: Option<f64>,
     /// Beta after this epoch's schedule update.
     pub beta: f64,
@@ -321,16 +330,7 @@ impl Trainer {
         if global_rows == 0 {
             return Err(ModelError::EmptyData { what: "training" });
         }
-        // A stage configured with zero epochs is skipped.
-        if self.state.stage == Stage::Vae && self.state.epoch_in_stage >= self.train.epochs {
-            self.finish_vae(train, replicas)?;
-        }
-        if self.state.stage == Stage::Diffusion
-            && self.state.epoch_in_stage >= self.train.diffusion_epochs()
-        {
-            self.state.stage = Stage::Done;
-        }
-        if self.state.stage == Stage::Done {
+        if self.settle(train, replicas)? == Stage::Done {
             return Err(ModelError::TrainingFinished);
         }
         let batches = self.global_batches(train, global_rows, replicas)?;
@@ -338,6 +338,41 @@ impl Trainer {
             Stage::Vae => self.vae_epoch(train, val, batches, replicas),
             _ => self.diffusion_epoch(train, batches, replicas),
         }
+    }
+
+    /// Epochs configured for `stage` (the data-space model has no VAE stage).
+    pub fn stage_epochs(&self, stage: Stage) -> usize {
+        match stage {
+            Stage::Vae if self.model.mode().has_vae() => self.train.epochs,
+            Stage::Vae | Stage::Done => 0,
+            Stage::Diffusion => self.train.diffusion_epochs(),
+        }
+    }
+
+    /// Does what must happen before the next epoch and returns the stage that epoch belongs to:
+    /// fits the image layout before the first VAE epoch (multimodal) and skips a stage that has
+    /// no epochs left (a stage of zero epochs, the data-space model's VAE stage). Called by
+    /// [`Trainer::run_epoch`]; call it first to know which stage the next epoch trains. Every
+    /// rank of a data-parallel job must call it alike (it may combine values with the others).
+    pub fn settle(&mut self, train: &Table, replicas: &mut dyn Replicas) -> Result<Stage> {
+        if self.state.stage == Stage::Vae && self.model.needs_image_layout() {
+            let sums = self.model.image_moments(
+                &mut eval_chunks(train.rows()).map(|idx| self.encode_rows(train, &idx)),
+            )?;
+            replicas.all_reduce_sum(&sums.tensors())?;
+            self.model.fit_image_layout(&sums)?;
+        }
+        if self.state.stage == Stage::Vae
+            && self.state.epoch_in_stage >= self.stage_epochs(Stage::Vae)
+        {
+            self.finish_vae(train, replicas)?;
+        }
+        if self.state.stage == Stage::Diffusion
+            && self.state.epoch_in_stage >= self.stage_epochs(Stage::Diffusion)
+        {
+            self.state.stage = Stage::Done;
+        }
+        Ok(self.state.stage)
     }
 
     /// The epoch's global batches: for each step, this rank's rows and their slots.
@@ -483,7 +518,7 @@ impl Trainer {
             self.train.seed,
             &[tag::VAE_NOISE, self.state.epoch_in_stage as u64],
         );
-        let (mut mse, mut ce, mut kl) = (0.0, 0.0, 0.0);
+        let (mut mse, mut ce, mut kl, mut image_mse, mut image_kl) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let mut steps = 0;
         let mut rows = 0;
         for step in batches {
@@ -498,11 +533,13 @@ impl Trainer {
                 let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
                 // This rank's share of the global batch's mean loss (exactly 1 when alone).
                 let share = idx.len() as f64 / step.global as f64;
-                loss.total.f_mul_scalar(share)?.f_backward()?;
+                loss.tabular.total.f_mul_scalar(share)?.f_backward()?;
                 let w = idx.len() as f64;
-                mse += loss.mse * w;
-                ce += loss.ce * w;
-                kl += loss.kl * w;
+                mse += loss.tabular.mse * w;
+                ce += loss.tabular.ce * w;
+                kl += loss.tabular.kl * w;
+                image_mse += loss.image_mse * w;
+                image_kl += loss.image_kl * w;
             }
             let grads = self.vae_opt.gradients()?;
             replicas.reduce_gradients(&grads)?;
@@ -511,17 +548,20 @@ impl Trainer {
             steps += 1;
             replicas.after_step(self.vae_opt.params())?;
         }
-        let sums = self.sum_over_replicas(replicas, &[mse, ce, kl])?;
+        let sums = self.sum_over_replicas(replicas, &[mse, ce, kl, image_mse, image_kl])?;
         let n = rows as f64;
-        let (mse, ce, kl) = (sums[0] / n, sums[1] / n, sums[2] / n);
-        let val_loss = match self.validation_loss(val, replicas)? {
-            Some(v) => v,
-            None => mse + ce,
+        let [mse, ce, kl, image_mse, image_kl] = [0, 1, 2, 3, 4].map(|i| sums[i] / n);
+        let (val_loss, coherence) = match self.validation_loss(val, replicas)? {
+            (Some(v), c) => (v, c),
+            (None, _) => (
+                mse + ce + image_mse,
+                self.coherence_over(train, EVAL_CHUNK_ROWS.min(train.rows()), replicas)?,
+            ),
         };
         self.update_beta(val_loss);
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
-        let finished = epoch >= self.train.epochs;
+        let finished = epoch >= self.stage_epochs(Stage::Vae);
         if finished {
             self.finish_vae(train, replicas)?;
         }
@@ -531,10 +571,13 @@ impl Trainer {
             epoch,
             steps,
             rows,
-            loss: mse + ce + beta * kl,
+            loss: mse + ce + image_mse + beta * (kl + image_kl),
             mse,
             ce,
             kl,
+            image_mse,
+            image_kl,
+            coherence,
             val_loss: Some(val_loss),
             beta: self.state.beta,
             seconds,
@@ -543,20 +586,54 @@ impl Trainer {
         })
     }
 
-    /// The VAE's reconstruction loss (mse + ce, with z = mu) over the validation rows of all
-    /// replicas, `None` when there are none.
-    fn validation_loss(&self, val: &Table, replicas: &mut dyn Replicas) -> Result<Option<f64>> {
-        let mut sum = 0.0;
+    /// The first stage's reconstruction loss (mse + ce + image mse, with z = mu) over the
+    /// validation rows of all replicas (`None` when there are none), and their cross-modal
+    /// coherence (multimodal).
+    fn validation_loss(
+        &self,
+        val: &Table,
+        replicas: &mut dyn Replicas,
+    ) -> Result<(Option<f64>, Option<f64>)> {
+        let (mut sum, mut coherence) = (0.0, 0.0);
         let n = val.rows();
         {
             let _guard = tch::no_grad_guard();
             for idx in eval_chunks(n) {
                 let batch = self.encode_rows(val, &idx)?;
                 let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
-                sum += (loss.mse + loss.ce) * idx.len() as f64;
+                let w = idx.len() as f64;
+                sum += (loss.tabular.mse + loss.tabular.ce + loss.image_mse) * w;
+                coherence += self.model.coherence(&batch)?.unwrap_or(0.0) * w;
             }
         }
-        let total = self.sum_over_replicas(replicas, &[sum, n as f64])?;
+        let total = self.sum_over_replicas(replicas, &[sum, coherence, n as f64])?;
+        if total[2] <= 0.0 {
+            return Ok((None, None));
+        }
+        let coherence = (self.model.mode() == ModelMode::Multimodal).then(|| total[1] / total[2]);
+        Ok((Some(total[0] / total[2]), coherence))
+    }
+
+    /// Cross-modal coherence over the first `rows` training rows of every replica
+    /// (multimodal; `None` otherwise).
+    fn coherence_over(
+        &self,
+        train: &Table,
+        rows: usize,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Option<f64>> {
+        if self.model.mode() != ModelMode::Multimodal {
+            return Ok(None);
+        }
+        let idx: Vec<usize> = (0..rows).collect();
+        let c = match rows {
+            0 => 0.0,
+            _ => self
+                .model
+                .coherence(&self.encode_rows(train, &idx)?)?
+                .unwrap_or(0.0),
+        };
+        let total = self.sum_over_replicas(replicas, &[c * rows as f64, rows as f64])?;
         Ok((total[1] > 0.0).then(|| total[0] / total[1]))
     }
 
@@ -643,7 +720,7 @@ impl Trainer {
         let loss_sum = self.sum_over_replicas(replicas, &[loss_sum])?[0];
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
-        let finished = epoch >= self.train.diffusion_epochs();
+        let finished = epoch >= self.stage_epochs(Stage::Diffusion);
         if finished {
             self.state.stage = Stage::Done;
         }
@@ -657,6 +734,9 @@ impl Trainer {
             mse: 0.0,
             ce: 0.0,
             kl: 0.0,
+            image_mse: 0.0,
+            image_kl: 0.0,
+            coherence: None,
             val_loss: None,
             beta: self.state.beta,
             seconds,

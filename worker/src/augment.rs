@@ -129,6 +129,8 @@ pub fn real_rows(
 /// Exactly `count` new rows of class `label`: draws candidates ([`FlowModel::sample_class`]) and
 /// keeps those that copy no training row (of any class), drawing again until enough are kept.
 /// Fails, naming the class, when fewer than one in [`MAX_DRAWS_PER_ROW`] candidates is new.
+/// Returns the rows, the candidates drawn and (multimodal) each kept row's cross-modal
+/// coherence.
 pub fn new_rows(
     model: &FlowModel,
     label: u32,
@@ -137,13 +139,14 @@ pub fn new_rows(
     opts: &SamplerOptions,
     seed: u64,
     class_name: &str,
-) -> Result<(Table, usize)> {
+) -> Result<(Table, usize, Option<Vec<f64>>)> {
     let mut kept = Table {
         numeric: vec![Vec::new(); model.preprocessor().n_num()],
         categorical: vec![Vec::new(); model.preprocessor().n_cat()],
         labels: Vec::new(),
     };
     let mut drawn = 0usize;
+    let mut coherence: Option<Vec<f64>> = None;
     while kept.rows() < count {
         if drawn >= count.saturating_mul(MAX_DRAWS_PER_ROW) {
             return Err(Error::Assignment {
@@ -158,15 +161,21 @@ pub fn new_rows(
         let missing = count - kept.rows();
         let want = missing + missing / 8 + 16;
         let anchors = real.anchors.get(&label);
-        let rows = model.sample_class(label, want, anchors, opts, seed, drawn as u64)?;
+        let (rows, scores) =
+            model.sample_class_scored(label, want, anchors, opts, seed, drawn as u64)?;
         drawn += want;
         let new: Vec<usize> = (0..rows.rows())
             .filter(|&i| !real.fingerprints.contains(&rows.row_fingerprint(i)))
             .take(missing)
             .collect();
+        if let Some(scores) = scores {
+            coherence
+                .get_or_insert_with(Vec::new)
+                .extend(new.iter().map(|&i| scores[i]));
+        }
         kept.append(&rows.select(&new));
     }
-    Ok((kept, drawn))
+    Ok((kept, drawn, coherence))
 }
 
 #[cfg(test)]
@@ -209,7 +218,8 @@ mod tests {
             anchors: HashMap::from([(1, anchors)]),
             fingerprints,
         };
-        let (rows, drawn) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
+        let (rows, drawn, coherence) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
+        assert!(coherence.is_none(), "the tabular model has no image view");
         assert_eq!(rows.rows(), 40);
         assert!(rows.labels.iter().all(|&l| l == 1));
         assert!(
@@ -218,7 +228,7 @@ mod tests {
         );
         assert!((0..rows.rows()).all(|i| !real.fingerprints.contains(&rows.row_fingerprint(i))));
         // Deterministic for the seed.
-        let (again, _) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
+        let (again, ..) = new_rows(m, 1, 40, &real, &opts, 9, "one").unwrap();
         assert_eq!(again, rows);
     }
 

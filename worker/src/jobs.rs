@@ -75,6 +75,8 @@ pub struct JobOutcome {
     /// Sampling: `path:rows:synthetic` per part written.
     pub outputs: Vec<String>,
     pub rows_written: u64,
+    /// Sampling, multimodal: the generated rows' summed cross-modal coherence and their number.
+    pub coherence: (f64, u64),
 }
 
 /// Resolves a device name; `auto` means the first CUDA device when libtorch sees one.
@@ -532,12 +534,12 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         .map_err(stopped)?;
 
     let mut last_url = String::new();
-    while trainer.state().stage != Stage::Done {
-        let stage = trainer.state().stage;
-        let epochs = match stage {
-            Stage::Vae => cfg.train.epochs,
-            _ => cfg.train.diffusion_epochs(),
-        } as u32;
+    loop {
+        let stage = trainer.settle(&train, &mut replicas).map_err(stopped)?;
+        if stage == Stage::Done {
+            break;
+        }
+        let epochs = trainer.stage_epochs(stage) as u32;
         let epoch = trainer.state().epoch_in_stage as u32 + 1;
         if let Ok(mut info) = epoch_info.lock() {
             *info = (stage_name(stage).to_string(), epoch, epochs, Instant::now());
@@ -564,8 +566,12 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             p.rows_per_second = report.rows_per_second;
         });
         let in_collectives = replicas.take_collective_time().as_secs_f64();
+        let coherence = report
+            .coherence
+            .map(|c| format!(", cross-modal coherence {c:.4}"))
+            .unwrap_or_default();
         tracing::info!(
-            "{} epoch {epoch}/{epochs}: loss {:.4} ({:.0} rows/s over {world} rank(s); {:.1}% of {:.1} s in collectives)",
+            "{} epoch {epoch}/{epochs}: loss {:.4}{coherence} ({:.0} rows/s over {world} rank(s); {:.1}% of {:.1} s in collectives)",
             stage_name(stage),
             report.loss,
             report.rows_per_second,
@@ -699,11 +705,12 @@ fn sample_inner(
     let total: u64 = a.chunks.iter().map(|c| c.count).sum();
     let mut done = 0u64;
     let mut drawn_total = 0usize;
+    let mut coherence = (0.0, 0u64);
     let started = Instant::now();
     for chunk in &a.chunks {
         ctx.check_stop()?;
         let code = code_of(&chunk.class_name)?;
-        let (rows, drawn) = augment::new_rows(
+        let (rows, drawn, scores) = augment::new_rows(
             &model,
             code,
             chunk.count as usize,
@@ -713,6 +720,10 @@ fn sample_inner(
             &chunk.class_name,
         )?;
         drawn_total += drawn;
+        if let Some(c) = scores {
+            coherence.0 += c.iter().sum::<f64>();
+            coherence.1 += c.len() as u64;
+        }
         let flags = vec![true; rows.rows()];
         let bytes = table::write_parquet(&ds, &layout, &rows, &flags, OUTPUT_ROW_GROUP_ROWS)?;
         let name = format!("part-{:05}.parquet", chunk.index);
@@ -734,6 +745,12 @@ fn sample_inner(
             opts.strength
         );
     }
+    if coherence.1 > 0 {
+        tracing::info!(
+            "cross-modal coherence of the generated rows: {:.4}",
+            coherence.0 / coherence.1 as f64
+        );
+    }
     let mut real_rows = 0u64;
     if let Some(data) = data.as_ref().filter(|_| spec.with_real && a.rank == 0) {
         for (i, part) in ds.parts.iter().enumerate() {
@@ -752,5 +769,6 @@ fn sample_inner(
         result_url: out.url().to_string(),
         outputs: written.clone(),
         rows_written: done + real_rows,
+        coherence,
     })
 }

@@ -437,6 +437,8 @@ async fn run_assignment(
             result_url: o.result_url.clone(),
             outputs: o.outputs.clone(),
             rows_written: o.rows_written,
+            coherence_sum: o.coherence.0,
+            coherence_rows: o.coherence.1,
         },
         Err(e) => {
             tracing::error!("job {} failed: {e}", a.job_id);
