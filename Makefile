@@ -28,6 +28,7 @@ bench: build
 	@DATA="$(DATA)" bash bench/data_parallel.sh
 	@DATA="$(DATA)" bash bench/eval_nsl_kdd.sh
 	@DATA="$(DATA)" bash bench/quality.sh
+	@DATA="$(DATA)" bash bench/ablation.sh
 
 clean:
 	$(CARGO) clean

@@ -322,6 +322,70 @@ def summary(args):
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
+def ablation(args):
+    """One table per dataset, one row per model variant (bench/ablation.sh's folders)."""
+    lines = []
+    for folder in args.folders:
+        d = Path(folder)
+        variants = sorted((v for v in d.iterdir() if (v / "report" / "report.json").exists()),
+                          key=lambda v: ["tabular", "multimodal", "multimodal-joint",
+                                         "data-space"].index(v.name)
+                          if v.name in ("tabular", "multimodal", "multimodal-joint", "data-space")
+                          else 9)
+        if not variants:
+            continue
+        lines.append(f"### {d.name}")
+        lines.append("")
+        lines.append("| variant | train s | sample rows/s (whole command) | shape | trend | detection | alpha | beta "
+                     "| class shape (holdout) | agreement (holdout) | coherence "
+                     "| rare-class F1 RF / GBT / MLP | vs SMOTE RF / GBT / MLP | sklearn RF / HGB rare F1 |")
+        lines.append("|---|" + "---|" * 13)
+        ref = None
+        for v in variants:
+            report = json.loads((v / "report" / "report.json").read_text())
+            sample = json.loads((v / "synthetic" / "_sample.json").read_text())
+            train_s = float((v / "train_seconds").read_text())
+            sample_s = float((v / "sample_seconds").read_text())
+            rows = sample["synthetic_rows"]
+            per = report.get("per_class") or []
+
+            def mean(key):
+                vals = [c[key] for c in per if c.get(key) is not None]
+                return float(np.mean(vals)) if vals else float("nan")
+
+            rare, vs = [], []
+            for dd in report["downstream"]["detectors"]:
+                by = {s["setting"]: s for s in dd["settings"]}
+                f = by["real+synthetic"]["rare_f1"]["mean"]
+                rare.append(f"{f:.3f}")
+                vs.append(f"{f - by['real+smote']['rare_f1']['mean']:+.3f}")
+                if ref is None:
+                    ref = {}
+                ref.setdefault(dd["detector"], {k: by[k]["rare_f1"]["mean"] for k in
+                                                ("real", "real+ros", "real+smote")})
+            sk = "n/a"
+            if (v / "score.json").exists():
+                det = json.loads((v / "score.json").read_text())["detectors"]
+                sk = (f"{det['random_forest']['flowsynth']['rare_f1']['mean']:.3f} / "
+                      f"{det['hist_gradient_boosting']['flowsynth']['rare_f1']['mean']:.3f}")
+            coherence = sample.get("cross_modal_coherence")
+            lines.append(
+                f"| {v.name} | {train_s:.0f} | {rows / max(sample_s, 1e-9):.0f} | {report['shape']:.3f} "
+                f"| {report['trend']:.3f} | {report['detection']['score']:.3f} "
+                f"| {report['alpha_precision']:.3f} | {report['beta_recall']:.3f} "
+                f"| {mean('shape'):.3f} ({mean('holdout_shape'):.3f}) "
+                f"| {mean('agreement'):.3f} ({mean('holdout_agreement'):.3f}) "
+                f"| {'n/a' if coherence is None else f'{coherence:.4f}'} "
+                f"| {' / '.join(rare)} | {' / '.join(vs)} | {sk} |")
+        lines.append("")
+        if ref:
+            lines.append("Same-run references (rare-class F1, `flowsynth eval`): " + "; ".join(
+                f"{det}: real {r['real']:.3f}, ROS {r['real+ros']:.3f}, SMOTE {r['real+smote']:.3f}"
+                for det, r in ref.items()) + ".")
+            lines.append("")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -334,11 +398,12 @@ def main():
     for a in ("--train", "--test", "--synthetic", "--classes", "--out"):
         s.add_argument(a, required=True)
     s.add_argument("--seeds", type=int, default=5)
-    s = sub.add_parser("summary")
-    s.add_argument("--out", required=True)
-    s.add_argument("folders", nargs="+")
+    for name in ("summary", "ablation"):
+        s = sub.add_parser(name)
+        s.add_argument("--out", required=True)
+        s.add_argument("folders", nargs="+")
     args = p.parse_args()
-    {"split": split, "score": score, "summary": summary}[args.cmd](args)
+    {"split": split, "score": score, "summary": summary, "ablation": ablation}[args.cmd](args)
 
 
 if __name__ == "__main__":

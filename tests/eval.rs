@@ -429,5 +429,21 @@ fn every_model_mode_runs_from_convert_through_train_and_sample_to_eval() {
         );
         let r = json(&report.join("report.json"));
         unit(&r["shape"], "shape");
+        // A multimodal sample carries its image layout: eval draws the mean image per class.
+        let view = &r["image_view"];
+        if mode == "multimodal" {
+            assert_eq!(sample["image_view"]["side"], view["side"]);
+            let mut classes: Vec<&str> = view["classes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["class"].as_str().unwrap())
+                .collect();
+            classes.sort_unstable();
+            assert_eq!(classes, ["neptune", "normal"]);
+            assert!(report.join("plots/image-view.png").exists());
+        } else {
+            assert!(view.is_null() && sample["image_view"].is_null(), "{mode}");
+        }
     }
 }

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// sample, so its length is a budget rather than a pass: the default keeps a default run of
     /// 30 + 60 epochs within about ten minutes on two CPU cores whatever the dataset's size.
     pub epoch_rows: u64,
+    /// End-to-end training: the last this many denoiser epochs also train the VAEs, the
+    /// denoiser's loss reaching the encoders through the latents (MAGE-ID's joint VAE +
+    /// diffusion training); 0 = the VAEs stay frozen after their stage. Not in data space.
+    pub joint_epochs: usize,
     /// Data-parallel training: gradients are summed across workers in buckets of at most this
     /// many MiB (one collective call each; PyTorch DDP's default is 25).
     pub bucket_mb: f64,
@@ -81,6 +85,7 @@ impl Default for TrainConfig {
             validation_fraction: 0.05,
             class_balance: 1.0,
             epoch_rows: 16_384,
+            joint_epochs: 0,
             bucket_mb: 25.0,
             checksum_every: 100,
             collective_timeout_s: 600,
@@ -269,6 +274,20 @@ impl JobConfig {
         Ok(cfg)
     }
 
+    /// Parses the `config.toml` of a checkpoint. Checkpoints written before `model.mode`
+    /// existed hold a tabular model: a missing mode means that, whatever today's default.
+    pub fn from_checkpoint_toml(text: &str, location: &str) -> Result<Self> {
+        let mut cfg = Self::from_toml(text, location)?;
+        let has_mode = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("model")?.as_table()?.get("mode").cloned())
+            .is_some();
+        if !has_mode {
+            cfg.model.mode = ModelMode::Tabular;
+        }
+        Ok(cfg)
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -390,6 +409,24 @@ mod tests {
         let err = JobConfig::from_toml("[train]\nepochz = 3\n", "job.toml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("job.toml") && msg.contains("epochz"), "{msg}");
+    }
+
+    #[test]
+    fn a_checkpoint_config_without_a_mode_is_tabular() {
+        let old = "[train]\nepochs = 3\n\n[model]\nd_token = 4\n";
+        let cfg = JobConfig::from_checkpoint_toml(old, "ck/config.toml").unwrap();
+        assert_eq!(cfg.model.mode, ModelMode::Tabular);
+        let new = JobConfig {
+            model: ModelConfig {
+                mode: ModelMode::Multimodal,
+                ..ModelConfig::default()
+            },
+            ..JobConfig::default()
+        };
+        let back = JobConfig::from_checkpoint_toml(&new.to_toml(), "ck/config.toml").unwrap();
+        assert_eq!(back, new);
+        let err = JobConfig::from_toml("[model]\nmode = \"pixels\"\n", "job.toml").unwrap_err();
+        assert!(err.to_string().contains("model.mode"), "{err}");
     }
 
     #[test]

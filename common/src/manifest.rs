@@ -355,4 +355,16 @@ pub struct SampleManifest {
     /// pixels; 0 = the two views agree). Absent for the other modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_modal_coherence: Option<f64>,
+    /// Multimodal model: the image layout it renders rows with (eval draws mean images per
+    /// class with it). Absent for the other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_view: Option<ImageView>,
+}
+
+/// Where a multimodal model draws each feature in a row's `side x side` image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub side: usize,
+    /// (feature column name, pixel index in row-major order), one entry per feature.
+    pub pixels: Vec<(String, usize)>,
 }

@@ -438,6 +438,9 @@ impl Coordinator {
                 (s + r.coherence_sum, n + r.coherence_rows)
             });
             manifest.cross_modal_coherence = (rows > 0).then(|| sum / rows as f64);
+            manifest.image_view = reports
+                .iter()
+                .find_map(|r| serde_json::from_str(&r.image_view_json).ok());
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             out.put(SAMPLE_MANIFEST_NAME, Bytes::from(json)).await?;
             out.put(SUCCESS_MARKER, Bytes::new()).await?;
@@ -544,6 +547,7 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 columns: ds.columns.clone(),
                 parts: vec![],
                 cross_modal_coherence: None,
+                image_view: None,
             };
             Ok(WorkPlan::Sample {
                 chunks,

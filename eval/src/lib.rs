@@ -14,6 +14,7 @@ pub mod downstream;
 pub mod error;
 pub mod fidelity;
 pub mod frame;
+pub mod image_view;
 pub mod load;
 pub mod quality;
 pub mod render;

@@ -14,7 +14,7 @@ use arrow_array::types::{Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use flowsynth_common::manifest::{
-    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, SAMPLE_MANIFEST_NAME,
+    ColumnInfo, ColumnRole, DType, DatasetManifest, DropReason, ImageView, SAMPLE_MANIFEST_NAME,
     SYNTHETIC_COLUMN, SampleManifest,
 };
 use flowsynth_common::store::{Location, block_on};
@@ -41,6 +41,10 @@ pub struct Datasets {
     pub synthetic: Frame,
     /// What a reader should know about the inputs (values unseen in training, rows skipped).
     pub notes: Vec<String>,
+    /// The synthetic rows' image layout, when a multimodal model made them.
+    pub image_view: Option<ImageView>,
+    /// Vocabulary size of each schema column after the training data (0 for numerics).
+    pub train_vocab: Vec<usize>,
 }
 
 /// Column layout and parts of a dataset, whichever manifest described it.
@@ -53,6 +57,8 @@ struct Described {
     /// converted on its own (a test split, a small slice) may lose a column the training data
     /// kept, and its rows still have a well-defined value there.
     constants: HashMap<String, String>,
+    /// A multimodal model's image layout (sample outputs of such a model only).
+    image_view: Option<ImageView>,
 }
 
 fn describe(loc: &Location) -> Result<Described> {
@@ -70,6 +76,7 @@ fn describe(loc: &Location) -> Result<Described> {
                 })
                 .collect(),
             columns: m.columns,
+            image_view: None,
         });
     }
     if let Some(bytes) = block_on(loc.get_opt(SAMPLE_MANIFEST_NAME))? {
@@ -88,6 +95,7 @@ fn describe(loc: &Location) -> Result<Described> {
                 .collect(),
             constants: HashMap::new(),
             columns: m.columns,
+            image_view: m.image_view,
         });
     }
     Err(Error::NotADataset {
@@ -528,6 +536,8 @@ pub fn load_all(train: &str, test: &str, synthetic: &str) -> Result<Datasets> {
         test: test_frame,
         synthetic: syn_frame,
         notes,
+        image_view: syn_d.image_view,
+        train_vocab: known_vocab,
     })
 }
 

@@ -45,6 +45,9 @@ pub struct Report {
     pub dcr: Option<Dcr>,
     pub validity: Validity,
     pub downstream: Option<Downstream>,
+    /// A multimodal model's rows as its images: mean image per class, real vs synthetic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_view: Option<crate::image_view::ImageViewReport>,
     /// Subsampling and other choices a reader must know to interpret the numbers.
     pub notes: Vec<String>,
     /// Wall-clock seconds per stage.

@@ -12,6 +12,7 @@ use crate::classes::{self, ClassInputs};
 use crate::downstream::{self, DownstreamOptions};
 use crate::error::{Error, Result};
 use crate::frame::{ColumnSpec, Encoder, Frame, Scaling, Schema, Values};
+use crate::image_view;
 use crate::load::{Datasets, load_all};
 use crate::report::{ClassMatched, DatasetInfo, Inputs, REPORT_FORMAT_VERSION, Report};
 use crate::{detection, fidelity, quality, render, validity, verdict};
@@ -363,6 +364,11 @@ pub fn evaluate(
         Some(d.downstream)
     };
 
+    // `syn` is the synthetic frame after --augment-only: the classes the user adds.
+    let image_view = datasets.image_view.as_ref().and_then(|view| {
+        image_view::class_images(view, schema, &datasets.train, &syn, &datasets.train_vocab)
+    });
+
     let info = |url: &str, f: &Frame| DatasetInfo {
         url: url.to_string(),
         rows: f.rows(),
@@ -398,6 +404,7 @@ pub fn evaluate(
         dcr,
         validity,
         downstream,
+        image_view,
         notes,
         timings,
     };

@@ -177,13 +177,10 @@ impl CnnVae {
     }
 }
 
-/// Mean squared difference of two image batches over the masked pixels, per row averaged over
-/// the mask's pixels: a scalar.
+/// Mean squared difference of two image batches over the masked pixels: the mean of
+/// [`masked_mse_rows`], a scalar.
 pub fn masked_mse(a: &Tensor, b: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let rows = a.size()[0];
-    let d = (a - b).f_reshape([rows, -1])?.f_square()? * mask.f_unsqueeze(0)?;
-    let pixels = mask.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
-    Ok(d.f_sum(Kind::Float)? / (pixels * rows.max(1) as f64))
+    Ok(masked_mse_rows(a, b, mask)?.f_mean(Kind::Float)?)
 }
 
 /// Per-row mean squared difference over the masked pixels: `[B]`.

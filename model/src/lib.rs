@@ -434,10 +434,7 @@ impl FlowModel {
         beta: f64,
         eps: Option<&VaeNoise>,
     ) -> Result<StageOneLoss> {
-        let vae = self.vae.as_ref().ok_or(ModelError::InvalidConfig {
-            key: "model.mode",
-            reason: "the data-space model has no VAE to train".into(),
-        })?;
+        let vae = self.trained_vae()?;
         let mut tabular = vae.loss(batch, beta, eps.map(|e| &e.tabular))?;
         let (mut image_mse, mut image_kl) = (0.0, 0.0);
         if let Some(img) = &self.image {
@@ -457,15 +454,17 @@ impl FlowModel {
         })
     }
 
+    /// The tabular VAE, for the first stage's work; the data-space model has none.
+    fn trained_vae(&self) -> Result<&Vae> {
+        self.vae.as_ref().ok_or(ModelError::InvalidConfig {
+            key: "model.mode",
+            reason: "the data-space model has no VAE to train".into(),
+        })
+    }
+
     /// First-stage reparameterisation noise for rows `row_ids` (see [`VaeNoise`]).
     pub fn vae_noise(&self, key: u64, row_ids: &[u64]) -> Result<VaeNoise> {
-        let Some(vae) = &self.vae else {
-            return Err(ModelError::InvalidConfig {
-                key: "model.mode",
-                reason: "the data-space model has no VAE to train".into(),
-            });
-        };
-        let s = vae.shape();
+        let s = self.trained_vae()?.shape();
         let tab = ((s.n_tokens() + 1) * s.d_token) as usize;
         let img = self.cnn().map_or(0, |c| c.shape().d_image as usize);
         let per_row = tab + img;
@@ -525,6 +524,16 @@ impl FlowModel {
     /// data space), without gradients.
     fn raw_latent(&self, batch: &Batch) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
+        self.raw_latent_with_grad(batch)
+    }
+
+    /// [`FlowModel::encode_latent`] with gradients reaching the encoders (joint training).
+    pub fn encode_latent_with_grad(&self, batch: &Batch) -> Result<Tensor> {
+        let raw = self.raw_latent_with_grad(batch)?;
+        Ok((raw - self.latent_mean.unsqueeze(0)) / 2.0)
+    }
+
+    fn raw_latent_with_grad(&self, batch: &Batch) -> Result<Tensor> {
         match (&self.vae, &self.image) {
             (Some(vae), None) => vae.encode_mean(batch),
             (Some(vae), Some(img)) => {
@@ -596,8 +605,8 @@ impl FlowModel {
     /// The diffusion-space latent of a batch: `(raw - mean) / 2`, `[B, latent_dim]`, without
     /// gradients.
     pub fn encode_latent(&self, batch: &Batch) -> Result<Tensor> {
-        let raw = self.raw_latent(batch)?;
-        Ok((raw - self.latent_mean.unsqueeze(0)) / 2.0)
+        let _guard = tch::no_grad_guard();
+        self.encode_latent_with_grad(batch)
     }
 
     /// EDM loss of the denoiser on diffusion-space latents `z` `[B, latent_dim]` with class codes

@@ -321,6 +321,15 @@ impl Preprocessor {
         })
     }
 
+    /// The feature columns' names, numeric then categorical (the order of a [`Batch`]'s
+    /// values and of the image view's features).
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.numeric_names
+            .iter()
+            .chain(&self.categorical_names)
+            .map(String::as_str)
+    }
+
     pub fn n_num(&self) -> usize {
         self.maps.len()
     }

@@ -865,3 +865,40 @@ fn the_cnn_vae_gets_every_gradient_and_learns_the_images() {
     let first = first.unwrap();
     assert!(last < 0.5 * first, "pixel MSE {first} -> {last}");
 }
+
+#[test]
+fn joint_epochs_train_the_vaes_with_the_denoiser_and_stay_data_parallel_exact() {
+    for mode in [ModelMode::Tabular, ModelMode::Multimodal] {
+        check_data_parallel_equivalence_in(
+            mode,
+            2,
+            |i| usize::from(i >= 300),
+            |c| c.joint_epochs = 1,
+        );
+    }
+    // Two denoiser epochs, the last one joint: the VAEs stay frozen in the first and move in
+    // the second.
+    let (table, manifest) = two_class_dataset(300, 40);
+    let mut cfg = tiny_train(1, 2);
+    cfg.joint_epochs = 1;
+    let mut t = Trainer::new(
+        &manifest,
+        &cfg,
+        &tiny_model_in(ModelMode::Multimodal),
+        Device::Cpu,
+    )
+    .unwrap();
+    let vae_after = |t: &mut Trainer| {
+        t.run_epoch(&table, &Table::default(), &mut no_hook())
+            .unwrap();
+        snapshot(&t.model().vae_params())
+    };
+    let after_vae = vae_after(&mut t);
+    let after_frozen = vae_after(&mut t);
+    assert!(tensors_equal(&after_vae, &after_frozen));
+    let after_joint = vae_after(&mut t);
+    assert_eq!(t.state().stage, Stage::Done);
+    for ((name, a), (_, b)) in after_frozen.iter().zip(&after_joint) {
+        assert!(!a.equal(b), "{name} did not train in the joint epoch");
+    }
+}

@@ -340,6 +340,14 @@ impl Trainer {
         }
     }
 
+    /// Whether the next denoiser epoch trains the VAEs too (one of the last `joint_epochs`).
+    fn joint_epoch(&self) -> bool {
+        let total = self.stage_epochs(Stage::Diffusion);
+        self.model.mode().has_vae()
+            && self.state.stage == Stage::Diffusion
+            && self.state.epoch_in_stage + self.train.joint_epochs.min(total) >= total
+    }
+
     /// Epochs configured for `stage` (the data-space model has no VAE stage).
     pub fn stage_epochs(&self, stage: Stage) -> usize {
         match stage {
@@ -688,10 +696,16 @@ impl Trainer {
         let device = self.model.device();
         let dim = self.model.latent_dim() as usize;
         let dropout = self.model.config().label_dropout;
-        let noise_key = derive(
+        let epoch = self.state.epoch_in_stage as u64;
+        let noise_key = derive(self.train.seed, &[tag::EDM_NOISE, epoch]);
+        // End to end: the last `joint_epochs` denoiser epochs also train the VAEs, with the
+        // denoiser's loss reaching the encoders through the latents.
+        let joint = self.joint_epoch();
+        let vae_noise_key = derive(
             self.train.seed,
-            &[tag::EDM_NOISE, self.state.epoch_in_stage as u64],
+            &[tag::VAE_NOISE, Stage::Diffusion.key(), epoch],
         );
+        let beta = self.state.beta;
         let mut loss_sum = 0.0;
         let mut steps = 0;
         let mut rows = 0;
@@ -699,20 +713,40 @@ impl Trainer {
             let idx = &step.local;
             rows += step.global;
             self.diffusion_opt.zero_grad();
+            self.vae_opt.zero_grad();
             if idx.is_empty() {
                 Self::zero_gradients(&self.diffusion_opt)?;
+                if joint {
+                    Self::zero_gradients(&self.vae_opt)?;
+                }
             } else {
                 let batch = self.encode_rows(train, idx)?;
-                let z = self.model.encode_latent(&batch)?;
                 let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
-                let loss = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                let (loss, total) = if joint {
+                    let z = self.model.encode_latent_with_grad(&batch)?;
+                    let eps = self.model.vae_noise(vae_noise_key, &step.slots)?;
+                    let vae = self.model.vae_loss(&batch, beta, Some(&eps))?;
+                    let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                    let total = &edm + vae.tabular.total;
+                    (edm, total)
+                } else {
+                    let z = self.model.encode_latent(&batch)?;
+                    let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                    (edm.shallow_clone(), edm)
+                };
                 let share = idx.len() as f64 / step.global as f64;
-                loss.f_mul_scalar(share)?.f_backward()?;
+                total.f_mul_scalar(share)?.f_backward()?;
                 loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
             }
-            let grads = self.diffusion_opt.gradients()?;
+            let mut grads = self.diffusion_opt.gradients()?;
+            if joint {
+                grads.extend(self.vae_opt.gradients()?);
+            }
             replicas.reduce_gradients(&grads)?;
             self.diffusion_opt.step()?;
+            if joint {
+                self.vae_opt.step()?;
+            }
             self.state.global_step += 1;
             steps += 1;
             replicas.after_step(self.diffusion_opt.params())?;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use flowsynth_common::checkpoint::{self, CheckpointMeta, LoadedCheckpoint, sha256_hex};
 use flowsynth_common::config::JobConfig;
 use flowsynth_common::dataset;
-use flowsynth_common::manifest::DatasetManifest;
+use flowsynth_common::manifest::{DatasetManifest, ImageView};
 use flowsynth_common::store::{Location, block_on};
 use flowsynth_common::table::{self, Layout, Table};
 use flowsynth_proto::{Assignment, Progress, SampleSpec, TrainSpec};
@@ -77,6 +77,8 @@ pub struct JobOutcome {
     pub rows_written: u64,
     /// Sampling, multimodal: the generated rows' summed cross-modal coherence and their number.
     pub coherence: (f64, u64),
+    /// Sampling, multimodal: the image layout as the sample manifest's `image_view` JSON.
+    pub image_view: String,
 }
 
 /// Resolves a device name; `auto` means the first CUDA device when libtorch sees one.
@@ -454,6 +456,20 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
                 ),
             });
         }
+        let ck_cfg = JobConfig::from_checkpoint_toml(
+            std::str::from_utf8(ck.file("config.toml")?).unwrap_or_default(),
+            &format!("{}/config.toml", ck.url),
+        )?;
+        if ck_cfg.model.mode != cfg.model.mode {
+            return Err(Error::Checkpoint {
+                location: ck.url,
+                reason: format!(
+                    "it holds a {} model and this job trains a {} one; pass --mode {} to go on \
+                     with it, or use a fresh --checkpoints location",
+                    ck_cfg.model.mode, cfg.model.mode, ck_cfg.model.mode
+                ),
+            });
+        }
         restore(&mut trainer, &ck)?;
         tracing::info!(
             "resuming from {} (stage {}, step {})",
@@ -631,7 +647,7 @@ fn sample_inner(
     }
     let ds = ck.dataset()?;
     let layout = Layout::new(&ds)?;
-    let cfg = JobConfig::from_toml(
+    let cfg = JobConfig::from_checkpoint_toml(
         std::str::from_utf8(ck.file("config.toml")?).unwrap_or_default(),
         &format!("{}/config.toml", ck.url),
     )?;
@@ -770,5 +786,20 @@ fn sample_inner(
         outputs: written.clone(),
         rows_written: done + real_rows,
         coherence,
+        image_view: model
+            .image_layout()
+            .map(|l| {
+                let pre = model.preprocessor();
+                let view = ImageView {
+                    side: l.side(),
+                    pixels: pre
+                        .feature_names()
+                        .zip(l.pixel_of())
+                        .map(|(n, &p)| (n.to_string(), p))
+                        .collect(),
+                };
+                serde_json::to_string(&view).unwrap_or_default()
+            })
+            .unwrap_or_default(),
     })
 }

@@ -439,6 +439,7 @@ async fn run_assignment(
             rows_written: o.rows_written,
             coherence_sum: o.coherence.0,
             coherence_rows: o.coherence.1,
+            image_view_json: o.image_view.clone(),
         },
         Err(e) => {
             tracing::error!("job {} failed: {e}", a.job_id);

@@ -38,6 +38,8 @@ pub(crate) struct Page<'a> {
     pub columns: Vec<ColumnFigure>,
     pub correlation: Option<Heatmap>,
     pub quality: Option<String>,
+    /// The image-view figure (multimodal samples).
+    pub image_view: Option<String>,
     /// (detector, relative path of its per-class F1 plot).
     pub f1: Vec<(String, String)>,
 }
@@ -216,6 +218,7 @@ impl Page<'_> {
         self.verdict(&mut out);
         self.summary(&mut out);
         self.per_class(&mut out);
+        self.image_view(&mut out);
         self.inputs(&mut out);
         self.columns(&mut out);
         self.pairs(&mut out);
@@ -590,6 +593,46 @@ impl Page<'_> {
             out.push_str("</table>\n</details>\n");
         }
         out.push_str("</section>\n");
+    }
+
+    /// The multimodal model's image view: mean images per class and their differences.
+    fn image_view(&self, out: &mut String) {
+        let (Some(file), Some(view)) = (&self.image_view, &self.report.image_view) else {
+            return;
+        };
+        out.push_str("<section id=image-view>\n<h2>Image view</h2>\n");
+        out.push_str(&format!(
+            "<p>The model renders each flow as a {s}&times;{s} image, every feature at its own \
+             pixel. Below, per class, the mean image of the real training rows and of the \
+             synthetic rows: numeric features as z-scores of the real training column, \
+             categorical codes in [&minus;1, 1]; grey pixels hold no feature.</p>\n",
+            s = view.side
+        ));
+        out.push_str(&format!(
+            "<figure><img class=wide src=\"{}\" alt=\"mean image per class, real and synthetic\">\
+             <figcaption>First {} classes.</figcaption></figure>\n",
+            esc(file),
+            plots::IMAGE_VIEW_CLASSES.min(view.classes.len())
+        ));
+        out.push_str("<table class=compact>\n<tr><th>class</th><th class=num>mean |real − synthetic| per pixel</th></tr>\n");
+        for c in &view.classes {
+            out.push_str(&format!(
+                "<tr><td class=name>{}</td><td class=num>{}</td></tr>\n",
+                esc(&c.class),
+                fmt_opt(c.difference)
+            ));
+        }
+        out.push_str("</table>\n");
+        let order: Vec<String> = view
+            .pixels
+            .iter()
+            .enumerate()
+            .filter_map(|(p, n)| n.as_ref().map(|n| format!("{p}: {}", esc(n))))
+            .collect();
+        out.push_str(&format!(
+            "<details><summary>Pixel of each feature (row-major)</summary><p class=small>{}</p></details>\n</section>\n",
+            order.join(", ")
+        ));
     }
 
     fn quality(&self, out: &mut String) {

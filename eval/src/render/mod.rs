@@ -54,6 +54,7 @@ pub fn render_with(
         columns: Vec::new(),
         correlation: None,
         quality: None,
+        image_view: None,
         f1: Vec::new(),
     };
 
@@ -138,6 +139,12 @@ pub fn render_with(
             plots::quality_curves(&path, &q.alphas, &q.alpha_precision, &q.beta_recall, text)?;
         files.push((path.clone(), bytes));
         page.quality = Some(path);
+    }
+
+    if let Some(view) = report.image_view.as_ref().filter(|v| !v.classes.is_empty()) {
+        let path = "plots/image-view.png".to_string();
+        files.push((path.clone(), plots::image_view(&path, view, text)?));
+        page.image_view = Some(path);
     }
 
     if let Some(d) = &report.downstream {

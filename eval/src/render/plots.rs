@@ -839,19 +839,8 @@ pub fn correlation_heatmap(
             [(x0, y0), (x0 + side, y0 + side)],
             INK.stroke_width(1),
         ))?;
-        // Colour bar.
         let (bx, bh) = (x0 + side + 18, side.clamp(60, 260));
-        for k in 0..bh {
-            let f = 1.0 - f64::from(k) / f64::from(bh - 1);
-            root.draw(&Rectangle::new(
-                [(bx, y0 + k), (bx + 14, y0 + k + 1)],
-                heat(f).filled(),
-            ))?;
-        }
-        root.draw(&Rectangle::new(
-            [(bx, y0), (bx + 14, y0 + bh)],
-            INK.stroke_width(1),
-        ))?;
+        colour_bar(root, (bx, y0), (14, bh), |f| heat(1.0 - f))?;
         root.draw(&Rectangle::new(
             [(bx, y0 + bh + 12), (bx + 14, y0 + bh + 22)],
             MISSING.filled(),
@@ -1104,6 +1093,117 @@ pub fn quality_curves(
                 points,
                 colour.stroke_width(2),
             )))?;
+        }
+        Ok(())
+    })
+}
+
+/// A vertical colour bar at `(x, y)` of size `(w, h)`, framed: `colour(f)` for `f` from 0 at the
+/// top to 1 at the bottom.
+fn colour_bar(
+    root: &Area<'_>,
+    (x, y): (i32, i32),
+    (w, h): (i32, i32),
+    colour: impl Fn(f64) -> RGBColor,
+) -> Drawn {
+    for k in 0..h {
+        let f = f64::from(k) / f64::from((h - 1).max(1));
+        root.draw(&Rectangle::new(
+            [(x, y + k), (x + w, y + k + 1)],
+            colour(f).filled(),
+        ))?;
+    }
+    root.draw(&Rectangle::new(
+        [(x, y), (x + w, y + h)],
+        INK.stroke_width(1),
+    ))
+}
+
+/// Classes drawn in the image-view figure (the page lists them all).
+pub const IMAGE_VIEW_CLASSES: usize = 12;
+
+/// Value at either end of the image view's colour scale (z-scores; codes lie in [-1, 1]).
+pub const IMAGE_VIEW_TOP: f64 = 2.0;
+
+/// Colour for a value as a share `f` of the scale in [-1, 1]: blue, white at 0, red.
+fn diverging(f: f64) -> RGBColor {
+    let f = if f.is_finite() {
+        f.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (far, t) = if f < 0.0 {
+        ((33.0, 102.0, 172.0), -f)
+    } else {
+        ((178.0, 24.0, 43.0), f)
+    };
+    let mix = |white: f64, end: f64| (white + (end - white) * t).round() as u8;
+    RGBColor(mix(247.0, far.0), mix(247.0, far.1), mix(247.0, far.2))
+}
+
+/// The image view: per class (at most [`IMAGE_VIEW_CLASSES`]), the mean image of the real
+/// training rows beside the mean image of the synthetic rows; empty pixels grey.
+pub fn image_view(
+    name: &str,
+    view: &crate::image_view::ImageViewReport,
+    text: Option<Typeface>,
+) -> Result<Vec<u8>> {
+    let side = view.side.max(1) as i32;
+    let cell = (168 / side).clamp(6, 28);
+    let img = cell * side;
+    let classes: Vec<_> = view.classes.iter().take(IMAGE_VIEW_CLASSES).collect();
+    let label_w = if text.is_some() { 190 } else { 8 };
+    let (y0, gap) = (if text.is_some() { 50 } else { 8 }, 16);
+    let width = label_w + 2 * img + 3 * gap + 70;
+    let height = y0 + classes.len().max(1) as i32 * (img + gap) + 8;
+    draw_png(name, (width as u32, height as u32), |root| {
+        let draw_image = |x0: i32, y0: i32, values: Option<&Vec<Option<f64>>>| -> Drawn {
+            for p in 0..(side * side) as usize {
+                let colour = match values.and_then(|v| v.get(p).copied().flatten()) {
+                    Some(v) => diverging(v / IMAGE_VIEW_TOP),
+                    None => MISSING,
+                };
+                let (x, y) = (x0 + (p as i32 % side) * cell, y0 + (p as i32 / side) * cell);
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    colour.filled(),
+                ))?;
+            }
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + img, y0 + img)],
+                INK.stroke_width(1),
+            ))
+        };
+        let (xr, xs) = (label_w + gap, label_w + 2 * gap + img);
+        for (k, c) in classes.iter().enumerate() {
+            let y = y0 + k as i32 * (img + gap);
+            draw_image(xr, y, c.real.as_ref())?;
+            draw_image(xs, y, Some(&c.synthetic))?;
+        }
+        let (bx, bh) = (xs + img + gap, img.clamp(60, 200));
+        colour_bar(root, (bx, y0), (12, bh), |f| diverging(1.0 - 2.0 * f))?;
+        let Some(t) = text else { return Ok(()) };
+        root.draw(&Text::new(
+            "Mean image per class: real training rows | synthetic rows",
+            (8, 8),
+            style(t, 15.0),
+        ))?;
+        let head = style(t, 12.0);
+        root.draw(&Text::new("real", (xr, y0 - 16), head.clone()))?;
+        root.draw(&Text::new("synthetic", (xs, y0 - 16), head))?;
+        let left = style(t, 12.0).pos(Pos::new(HPos::Right, VPos::Center));
+        for (k, c) in classes.iter().enumerate() {
+            let y = y0 + k as i32 * (img + gap) + img / 2;
+            let label = fit(root, &c.class, &left, (label_w - 8) as u32);
+            root.draw(&Text::new(label, (label_w, y), left.clone()))?;
+        }
+        let tick = style(t, 10.0).pos(Pos::new(HPos::Left, VPos::Center));
+        for (v, y) in [
+            (IMAGE_VIEW_TOP, y0),
+            (0.0, y0 + bh / 2),
+            (-IMAGE_VIEW_TOP, y0 + bh - 1),
+        ] {
+            root.draw(&Text::new(compact(v), (bx + 16, y), tick.clone()))?;
         }
         Ok(())
     })

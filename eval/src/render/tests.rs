@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::frame::{ColumnSpec, Values};
+use crate::image_view::{ClassImages, ImageViewReport};
 use crate::report::{
     ClassFidelity, ClassMatched, ClassResult, ColumnScore, Constraint, DatasetInfo, Dcr, Detection,
     DetectorResult, Downstream, Inputs, PairScore, QualityCurves, REPORT_FORMAT_VERSION,
@@ -479,6 +480,20 @@ fn fixture(numeric: usize, rows: usize, classes: &[&str]) -> Fixture {
             detectors,
             config: [("random_forest".to_string(), "100 trees, max_depth None".to_string())].into_iter().collect(),
         }),
+        image_view: Some(ImageViewReport {
+            side: 3,
+            pixels: (0..9).map(|p| (p < 8).then(|| format!("feature {p}"))).collect(),
+            classes: classes
+                .iter()
+                .skip(1)
+                .map(|c| ClassImages {
+                    class: c.to_string(),
+                    real: Some((0..9).map(|p| (p < 8).then(|| f64::from(p) / 2.0 - 2.0)).collect()),
+                    synthetic: (0..9).map(|p| (p < 8).then(|| 1.0 - f64::from(p) / 4.0)).collect(),
+                    difference: Some(0.4),
+                })
+                .collect(),
+        }),
         notes: vec![
             "alpha-precision / beta-recall computed on 2000 real and 1500 synthetic rows (subsampled)".into(),
             format!("column `{NASTY}` looked odd"),
@@ -582,9 +597,11 @@ fn every_image_on_the_page_is_a_returned_png() {
     let f = small();
     let files = render(&f.report, &f.schema, &f.real, &f.synthetic).expect("render");
     let html = check_files(&files);
-    // One plot per column, the heatmap, the quality curves, one F1 plot per detector.
-    assert_eq!(files.len(), 1 + f.schema.columns.len() + 1 + 1 + 3);
+    // One plot per column, the heatmap, the quality curves, the image view, one F1 plot per
+    // detector.
+    assert_eq!(files.len(), 1 + f.schema.columns.len() + 1 + 1 + 1 + 3);
     assert!(html.contains("plots/correlation-difference.png"));
+    assert!(html.contains("plots/image-view.png") && html.contains("id=image-view"));
     assert!(html.contains("plots/f1-000-random-forest.png"));
 }
 
@@ -670,6 +687,7 @@ fn empty_frames_and_a_bare_report_still_render() {
     f.report.dcr = None;
     f.report.quality_curves = None;
     f.report.pairs.clear();
+    f.report.image_view = None;
     let empty = Frame::empty(&f.schema);
     let files = render_with(&f.report, &f.schema, &empty, &empty, None).expect("render");
     let html = check_files(&files);
