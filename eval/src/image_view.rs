@@ -10,7 +10,7 @@
 use flowsynth_common::manifest::ImageView;
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{Frame, Kind, Schema, Values};
+use crate::frame::{Frame, Schema, Values};
 use crate::stats::mean_std;
 
 /// The mean images of the classes of the synthetic set.
@@ -40,9 +40,9 @@ enum Scale {
 }
 
 impl Scale {
-    fn of(values: &Values, kind: &Kind, train_vocab: usize) -> Self {
-        match (values, kind) {
-            (Values::Numeric(v), _) => {
+    fn of(values: &Values, train_vocab: usize) -> Self {
+        match values {
+            Values::Numeric(v) => {
                 let (mean, std) = mean_std(v.iter().copied());
                 Scale::Numeric {
                     mean,
@@ -87,11 +87,7 @@ pub fn class_images(
             continue;
         }
         pixels[*p] = Some(name.clone());
-        let scale = Scale::of(
-            &train.columns[j],
-            &schema.columns[j].kind,
-            train_vocab.get(j).copied().unwrap_or(0),
-        );
+        let scale = Scale::of(&train.columns[j], train_vocab.get(j).copied().unwrap_or(0));
         placed.push((j, *p, scale));
     }
     if placed.is_empty() {

@@ -713,7 +713,9 @@ impl Trainer {
             let idx = &step.local;
             rows += step.global;
             self.diffusion_opt.zero_grad();
-            self.vae_opt.zero_grad();
+            if joint {
+                self.vae_opt.zero_grad();
+            }
             if idx.is_empty() {
                 Self::zero_gradients(&self.diffusion_opt)?;
                 if joint {
