@@ -10,10 +10,12 @@
 # Per dataset and variant: training time, sampling time, `flowsynth eval` (shape, trend,
 # per-class fidelity, detection, alpha/beta, macro and rare-class F1 of RF, GBT and MLP against
 # real-only, ROS and SMOTE) and, unless SCORE=0, the scikit-learn reference of quality.sh; the
-# multimodal variants' cross-modal coherence comes from their _sample.json.
+# multimodal variants' cross-modal coherence and the sampler's own time come from _sample.json.
+# Each trained variant is also sampled from noise (`--strength 1`, the papers' setting, scored by
+# `flowsynth eval` only) into <variant>/from-noise/, unless NOISE=0.
 # Results: bench/out/ablation/<dataset>/<variant>/, summary in bench/out/ablation/summary.md.
 #
-# Usage: make bench   (or DATA=... SEEDS=3 DATASETS="iot nsl cic" VARIANTS="..." bash bench/ablation.sh)
+# Usage: make bench   (or DATA=... SEEDS=3 DATASETS="nsl cic iot" VARIANTS="..." bash bench/ablation.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -21,7 +23,8 @@ DATA="${DATA:-../shared/data}"
 SEEDS="${SEEDS:-3}"
 SCORE="${SCORE:-1}"
 JOINT_EPOCHS="${JOINT_EPOCHS:-10}"
-DATASETS="${DATASETS:-iot nsl cic}"
+DATASETS="${DATASETS:-nsl cic iot}"
+NOISE="${NOISE:-1}"
 VARIANTS="${VARIANTS:-tabular multimodal multimodal-joint data-space}"
 bin="$root/target/release/flowsynth"
 [ -x "$bin" ] || { echo "bench: build first (make build)" >&2; exit 1; }
@@ -46,6 +49,9 @@ for name in $DATASETS; do
       >"$v/job.toml"
     run_variant "$name/$variant" "$d/data" "$v" "$classes" "$names" rf,gbt,mlp \
       --config "$v/job.toml"
+    [ "$NOISE" = 0 ] && continue
+    SCORE=0 sample_and_score "$name/$variant/from-noise" "$d/data" "$v/checkpoints" "$v/from-noise" \
+      "$classes" "$names" rf,gbt,mlp --strength 1
   done
 done
 "$py" bench/quality.py ablation --out "$out/summary.md" $(for n in $DATASETS; do echo "$out/$n"; done)

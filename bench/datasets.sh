@@ -35,9 +35,7 @@ classes_of() {
 
 
 # `run_variant NAME DATA_DIR OUT_DIR CLASSES NAMES DETECTORS [train flags...]`: trains flowsynth on
-# DATA_DIR/train (timed), samples CLASSES from it (timed), then scores the same rows twice:
-# `flowsynth eval` with DETECTORS and (unless SCORE=0) the scikit-learn / imbalanced-learn /
-# SDMetrics reference, $SEEDS seeds each. Everything goes to OUT_DIR.
+# DATA_DIR/train (timed) into OUT_DIR/checkpoints, then runs `sample_and_score` into OUT_DIR.
 run_variant() {
   local name=$1 data=$2 d=$3 classes=$4 names=$5 detectors=$6
   shift 6
@@ -50,10 +48,22 @@ run_variant() {
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.1f}')" >"$d/train_seconds"
   echo "   $(cat "$d/train_seconds") s"
-  echo "== $name: sample $classes"
+  sample_and_score "$name" "$data" "$d/checkpoints" "$d" "$classes" "$names" "$detectors"
+}
+
+# `sample_and_score NAME DATA_DIR CHECKPOINTS OUT_DIR CLASSES NAMES DETECTORS [sample flags...]`:
+# samples CLASSES from CHECKPOINTS (timed), then scores the same rows twice: `flowsynth eval` with
+# DETECTORS and (unless SCORE=0) the scikit-learn / imbalanced-learn / SDMetrics reference,
+# $SEEDS seeds each. Everything goes to OUT_DIR.
+sample_and_score() {
+  local name=$1 data=$2 ck=$3 d=$4 classes=$5 names=$6 detectors=$7
+  shift 7
+  mkdir -p "$d"
+  echo "== $name: sample $classes $*"
+  local start end
   start=$(date +%s.%N)
-  FLOWSYNTH_LOG=info "$bin" sample --checkpoint "$d/checkpoints" --classes "$classes" --seed 1 \
-    --out "$d/synthetic" --device cpu >"$d/sample.log" 2>&1
+  FLOWSYNTH_LOG=info "$bin" sample --checkpoint "$ck" --classes "$classes" --seed 1 \
+    --out "$d/synthetic" --device cpu "$@" >"$d/sample.log" 2>&1
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.1f}')" >"$d/sample_seconds"
   echo "== $name: flowsynth eval ($SEEDS seeds)"

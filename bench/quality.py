@@ -322,65 +322,82 @@ def summary(args):
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
+ABLATION_ORDER = ["tabular", "multimodal", "multimodal-joint", "data-space"]
+
+
+def ablation_row(name, v, train_s, sk):
+    """One table row from a sampled-and-evaluated folder `v` (report/, synthetic/)."""
+    report = json.loads((v / "report" / "report.json").read_text())
+    sample = json.loads((v / "synthetic" / "_sample.json").read_text())
+    rows = sample["synthetic_rows"]
+    generation = sample.get("generation_seconds")
+    per = report.get("per_class") or []
+
+    def mean(key):
+        vals = [c[key] for c in per if c.get(key) is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    macro, rare, vs, ref = [], [], [], {}
+    for dd in report["downstream"]["detectors"]:
+        by = {s["setting"]: s for s in dd["settings"]}
+        macro.append(f"{by['real+synthetic']['macro_f1']['mean']:.3f}")
+        f = by["real+synthetic"]["rare_f1"]["mean"]
+        rare.append(f"{f:.3f}")
+        vs.append(f"{f - by['real+smote']['rare_f1']['mean']:+.3f}")
+        ref[dd["detector"]] = {k: (by[k]["macro_f1"]["mean"], by[k]["rare_f1"]["mean"])
+                               for k in ("real", "real+ros", "real+smote")}
+    coherence = sample.get("cross_modal_coherence")
+    speed = "n/a" if not generation else f"{rows / generation:.0f}"
+    line = (f"| {name} | {train_s} | {speed} | {report['shape']:.3f} "
+            f"| {report['trend']:.3f} | {report['detection']['score']:.3f} "
+            f"| {report['alpha_precision']:.3f} | {report['beta_recall']:.3f} "
+            f"| {mean('shape'):.3f} ({mean('holdout_shape'):.3f}) "
+            f"| {mean('agreement'):.3f} ({mean('holdout_agreement'):.3f}) "
+            f"| {'n/a' if coherence is None else f'{coherence:.4f}'} "
+            f"| {' / '.join(macro)} | {' / '.join(rare)} | {' / '.join(vs)} | {sk} |")
+    return line, ref
+
+
 def ablation(args):
-    """One table per dataset, one row per model variant (bench/ablation.sh's folders)."""
+    """One table per dataset, one row per model variant and sampling setting (bench/ablation.sh's
+    folders: <variant>/ at the default strength, <variant>/from-noise/ at strength 1)."""
     lines = []
     for folder in args.folders:
         d = Path(folder)
         variants = sorted((v for v in d.iterdir() if (v / "report" / "report.json").exists()),
-                          key=lambda v: ["tabular", "multimodal", "multimodal-joint",
-                                         "data-space"].index(v.name)
-                          if v.name in ("tabular", "multimodal", "multimodal-joint", "data-space")
-                          else 9)
+                          key=lambda v: ABLATION_ORDER.index(v.name)
+                          if v.name in ABLATION_ORDER else len(ABLATION_ORDER))
         if not variants:
             continue
         lines.append(f"### {d.name}")
         lines.append("")
-        lines.append("| variant | train s | sample rows/s (whole command) | shape | trend | detection | alpha | beta "
+        lines.append("| variant | train s | sampler rows/s | shape | trend | detection | alpha | beta "
                      "| class shape (holdout) | agreement (holdout) | coherence "
-                     "| rare-class F1 RF / GBT / MLP | vs SMOTE RF / GBT / MLP | sklearn RF / HGB rare F1 |")
-        lines.append("|---|" + "---|" * 13)
+                     "| macro-F1 RF / GBT / MLP | rare-class F1 RF / GBT / MLP "
+                     "| rare vs SMOTE RF / GBT / MLP | sklearn RF / HGB rare F1 |")
+        lines.append("|---|" + "---|" * 14)
         ref = None
-        for v in variants:
-            report = json.loads((v / "report" / "report.json").read_text())
-            sample = json.loads((v / "synthetic" / "_sample.json").read_text())
-            train_s = float((v / "train_seconds").read_text())
-            sample_s = float((v / "sample_seconds").read_text())
-            rows = sample["synthetic_rows"]
-            per = report.get("per_class") or []
-
-            def mean(key):
-                vals = [c[key] for c in per if c.get(key) is not None]
-                return float(np.mean(vals)) if vals else float("nan")
-
-            rare, vs = [], []
-            for dd in report["downstream"]["detectors"]:
-                by = {s["setting"]: s for s in dd["settings"]}
-                f = by["real+synthetic"]["rare_f1"]["mean"]
-                rare.append(f"{f:.3f}")
-                vs.append(f"{f - by['real+smote']['rare_f1']['mean']:+.3f}")
-                if ref is None:
-                    ref = {}
-                ref.setdefault(dd["detector"], {k: by[k]["rare_f1"]["mean"] for k in
-                                                ("real", "real+ros", "real+smote")})
-            sk = "n/a"
-            if (v / "score.json").exists():
-                det = json.loads((v / "score.json").read_text())["detectors"]
-                sk = (f"{det['random_forest']['flowsynth']['rare_f1']['mean']:.3f} / "
-                      f"{det['hist_gradient_boosting']['flowsynth']['rare_f1']['mean']:.3f}")
-            coherence = sample.get("cross_modal_coherence")
-            lines.append(
-                f"| {v.name} | {train_s:.0f} | {rows / max(sample_s, 1e-9):.0f} | {report['shape']:.3f} "
-                f"| {report['trend']:.3f} | {report['detection']['score']:.3f} "
-                f"| {report['alpha_precision']:.3f} | {report['beta_recall']:.3f} "
-                f"| {mean('shape'):.3f} ({mean('holdout_shape'):.3f}) "
-                f"| {mean('agreement'):.3f} ({mean('holdout_agreement'):.3f}) "
-                f"| {'n/a' if coherence is None else f'{coherence:.4f}'} "
-                f"| {' / '.join(rare)} | {' / '.join(vs)} | {sk} |")
+        for settings in ("default", "from-noise"):
+            for v in variants:
+                folder = v if settings == "default" else v / "from-noise"
+                if not (folder / "report" / "report.json").exists():
+                    continue
+                train_s = f"{float((v / 'train_seconds').read_text()):.0f}"
+                sk = "n/a"
+                if (folder / "score.json").exists():
+                    det = json.loads((folder / "score.json").read_text())["detectors"]
+                    sk = (f"{det['random_forest']['flowsynth']['rare_f1']['mean']:.3f} / "
+                          f"{det['hist_gradient_boosting']['flowsynth']['rare_f1']['mean']:.3f}")
+                name = v.name if settings == "default" else f"{v.name}, from noise"
+                line, r = ablation_row(name, folder, train_s, sk)
+                lines.append(line)
+                ref = ref or r
         lines.append("")
         if ref:
-            lines.append("Same-run references (rare-class F1, `flowsynth eval`): " + "; ".join(
-                f"{det}: real {r['real']:.3f}, ROS {r['real+ros']:.3f}, SMOTE {r['real+smote']:.3f}"
+            lines.append("Same-run references (`flowsynth eval`, macro-F1 / rare-class F1): " + "; ".join(
+                f"{det}: real {r['real'][0]:.3f} / {r['real'][1]:.3f}, "
+                f"ROS {r['real+ros'][0]:.3f} / {r['real+ros'][1]:.3f}, "
+                f"SMOTE {r['real+smote'][0]:.3f} / {r['real+smote'][1]:.3f}"
                 for det, r in ref.items()) + ".")
             lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")

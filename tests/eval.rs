@@ -412,6 +412,12 @@ fn every_model_mode_runs_from_convert_through_train_and_sample_to_eval() {
         ]);
         let sample = json(&out.join("_sample.json"));
         assert_eq!(sample["synthetic_rows"], 160, "{mode}");
+        // The sampler's own time is recorded apart from loading and writing.
+        let generation = sample["generation_seconds"].as_f64().unwrap();
+        assert!(
+            generation > 0.0 && generation.is_finite(),
+            "{mode}: {generation}"
+        );
         // The multimodal model reports how well its two decoders agree on the rows it made.
         let coherence = &sample["cross_modal_coherence"];
         if mode == "multimodal" {

@@ -359,6 +359,12 @@ pub struct SampleManifest {
     /// class with it). Absent for the other modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_view: Option<ImageView>,
+    /// Wall-clock seconds of generation: the slowest rank's time in the generator itself
+    /// (denoising, decoding, the copy check), without loading the checkpoint or writing Parquet,
+    /// so `synthetic_rows / generation_seconds` is the sampler's own speed. Absent when no rows
+    /// were generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_seconds: Option<f64>,
 }
 
 /// Where a multimodal model draws each feature in a row's `side x side` image.

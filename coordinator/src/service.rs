@@ -441,6 +441,12 @@ impl Coordinator {
             manifest.image_view = reports
                 .iter()
                 .find_map(|r| serde_json::from_str(&r.image_view_json).ok());
+            manifest.generation_seconds = (manifest.synthetic_rows > 0).then(|| {
+                reports
+                    .iter()
+                    .map(|r| r.generation_seconds)
+                    .fold(0.0, f64::max)
+            });
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             out.put(SAMPLE_MANIFEST_NAME, Bytes::from(json)).await?;
             out.put(SUCCESS_MARKER, Bytes::new()).await?;
@@ -548,6 +554,7 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
                 parts: vec![],
                 cross_modal_coherence: None,
                 image_view: None,
+                generation_seconds: None,
             };
             Ok(WorkPlan::Sample {
                 chunks,

@@ -53,6 +53,8 @@ pub struct CnnLoss {
     pub mse: Tensor,
     /// KL to N(0, I), averaged over rows and latent dimensions.
     pub kl: Tensor,
+    /// The posterior means `[B, d_image]`, still in the graph (see `VaeLoss::mean`).
+    pub mean: Tensor,
 }
 
 /// The CNN VAE. Its parameters are registered with the [`Builder`] it is built with.
@@ -173,6 +175,7 @@ impl CnnVae {
             total: &mse + &kl * beta,
             mse,
             kl,
+            mean: mu,
         })
     }
 }

@@ -120,6 +120,10 @@ pub struct StageOneLoss {
     /// Multimodal: the CNN VAE's pixel MSE and KL.
     pub image_mse: f64,
     pub image_kl: f64,
+    /// The batch's unnormalised latents `[B, latent_dim]` (posterior means: the tabular VAE's,
+    /// then the CNN VAE's when multimodal), still in the graph: the same numbers
+    /// [`FlowModel::encode_latent`] would compute, from the pass this loss already made.
+    pub latent: Tensor,
 }
 
 impl FlowModel {
@@ -437,6 +441,7 @@ impl FlowModel {
         let vae = self.trained_vae()?;
         let mut tabular = vae.loss(batch, beta, eps.map(|e| &e.tabular))?;
         let (mut image_mse, mut image_kl) = (0.0, 0.0);
+        let mut latent = tabular.mean.shallow_clone();
         if let Some(img) = &self.image {
             let (_, mask) = self.fitted_layout()?;
             let images = self.render(&batch.num, &batch.cat)?;
@@ -446,11 +451,13 @@ impl FlowModel {
             tabular.total = &tabular.total + &l.total;
             image_mse = layers::scalar(&l.mse.f_detach()?)?;
             image_kl = layers::scalar(&l.kl.f_detach()?)?;
+            latent = Tensor::f_cat(&[latent, l.mean], 1)?;
         }
         Ok(StageOneLoss {
             tabular,
             image_mse,
             image_kl,
+            latent,
         })
     }
 
@@ -511,10 +518,18 @@ impl FlowModel {
         if self.image.is_none() {
             return Ok(None);
         }
+        self.coherence_of_latents(&self.raw_latent(batch)?)
+    }
+
+    /// [`FlowModel::coherence`] of rows already encoded: unnormalised latents `raw`
+    /// `[B, latent_dim]` (e.g. [`StageOneLoss::latent`]).
+    pub fn coherence_of_latents(&self, raw: &Tensor) -> Result<Option<f64>> {
+        if self.image.is_none() {
+            return Ok(None);
+        }
         let _guard = tch::no_grad_guard();
-        let raw = self.raw_latent(batch)?;
-        let (num, cat) = self.decode_raw(&raw)?;
-        match self.coherence_rows(&raw, &num, &cat)? {
+        let (num, cat) = self.decode_raw(raw)?;
+        match self.coherence_rows(raw, &num, &cat)? {
             Some(c) => Ok(Some(layers::scalar(&c.f_mean(Kind::Float)?)?)),
             None => Ok(None),
         }
@@ -524,16 +539,6 @@ impl FlowModel {
     /// data space), without gradients.
     fn raw_latent(&self, batch: &Batch) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.raw_latent_with_grad(batch)
-    }
-
-    /// [`FlowModel::encode_latent`] with gradients reaching the encoders (joint training).
-    pub fn encode_latent_with_grad(&self, batch: &Batch) -> Result<Tensor> {
-        let raw = self.raw_latent_with_grad(batch)?;
-        Ok((raw - self.latent_mean.unsqueeze(0)) / 2.0)
-    }
-
-    fn raw_latent_with_grad(&self, batch: &Batch) -> Result<Tensor> {
         match (&self.vae, &self.image) {
             (Some(vae), None) => vae.encode_mean(batch),
             (Some(vae), Some(img)) => {
@@ -555,6 +560,13 @@ impl FlowModel {
                 Ok(Tensor::f_cat(&parts, 1)?)
             }
         }
+    }
+
+    /// Unnormalised latents `raw` `[B, latent_dim]` -> the denoiser's space (centred on the
+    /// training latents' mean, halved). Differentiable: joint training passes
+    /// [`StageOneLoss::latent`] through it.
+    pub fn diffusion_latent(&self, raw: &Tensor) -> Result<Tensor> {
+        Ok((raw - self.latent_mean.f_unsqueeze(0)?) / 2.0)
     }
 
     /// Unnormalised latents -> preprocessed values: normal scores `[B, n_num]` and codes
@@ -606,7 +618,7 @@ impl FlowModel {
     /// gradients.
     pub fn encode_latent(&self, batch: &Batch) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.encode_latent_with_grad(batch)
+        self.diffusion_latent(&self.raw_latent(batch)?)
     }
 
     /// EDM loss of the denoiser on diffusion-space latents `z` `[B, latent_dim]` with class codes

@@ -758,7 +758,21 @@ fn every_mode_has_its_latent_space_and_networks() {
             .preprocessor()
             .encode(&table.select(&[0, 1, 2]), Device::Cpu)
             .unwrap();
-        assert_eq!(m.encode_latent(&batch).unwrap().size(), [3, dim]);
+        let z = m.encode_latent(&batch).unwrap();
+        assert_eq!(z.size(), [3, dim]);
+        if mode.has_vae() {
+            // The first-stage loss hands back the latents it encoded (joint training feeds them
+            // to the denoiser): the same numbers as a separate encoder pass.
+            let loss = m.vae_loss(&batch, 0.01, None).unwrap();
+            let shared = m.diffusion_latent(&loss.latent).unwrap();
+            assert!(shared.requires_grad(), "{mode}");
+            assert!(shared.detach().allclose(&z, 1e-6, 1e-6, false), "{mode}");
+            assert_eq!(
+                m.coherence_of_latents(&loss.latent).unwrap(),
+                m.coherence(&batch).unwrap(),
+                "{mode}"
+            );
+        }
         let coherence = m.coherence(&batch).unwrap();
         assert_eq!(coherence.is_some(), mode == ModelMode::Multimodal, "{mode}");
         assert!(coherence.is_none_or(|c| c.is_finite() && c >= 0.0));

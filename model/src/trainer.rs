@@ -611,7 +611,11 @@ impl Trainer {
                 let loss = self.model.vae_loss(&batch, self.state.beta, None)?;
                 let w = idx.len() as f64;
                 sum += (loss.tabular.mse + loss.tabular.ce + loss.image_mse) * w;
-                coherence += self.model.coherence(&batch)?.unwrap_or(0.0) * w;
+                coherence += self
+                    .model
+                    .coherence_of_latents(&loss.latent)?
+                    .unwrap_or(0.0)
+                    * w;
             }
         }
         let total = self.sum_over_replicas(replicas, &[sum, coherence, n as f64])?;
@@ -725,9 +729,11 @@ impl Trainer {
                 let batch = self.encode_rows(train, idx)?;
                 let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
                 let (loss, total) = if joint {
-                    let z = self.model.encode_latent_with_grad(&batch)?;
+                    // One encoder pass: the denoiser trains on the posterior means the VAE loss
+                    // computed, so its gradient reaches the encoders through them.
                     let eps = self.model.vae_noise(vae_noise_key, &step.slots)?;
                     let vae = self.model.vae_loss(&batch, beta, Some(&eps))?;
+                    let z = self.model.diffusion_latent(&vae.latent)?;
                     let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
                     let total = &edm + vae.tabular.total;
                     (edm, total)

@@ -272,6 +272,10 @@ pub struct VaeLoss {
     pub ce: f64,
     /// KL divergence to N(0, I), averaged over rows, tokens (with [CLS]) and token dimensions.
     pub kl: f64,
+    /// The posterior means of the feature tokens, flattened `[B, n_tokens * d_token]` (what
+    /// [`Vae::encode_mean`] gives), still in the graph: joint training feeds them to the
+    /// denoiser without a second encoder pass.
+    pub mean: Tensor,
 }
 
 /// The VAE. Its parameters are registered with the [`Builder`] it is built with.
@@ -374,11 +378,15 @@ impl Vae {
                 .f_detach()?
                 .f_to_kind(Kind::Double)?,
         )?;
+        let rows = batch.rows();
         Ok(VaeLoss {
             total,
             mse: parts[0],
             ce: parts[1],
             kl: parts[2],
+            mean: mu
+                .narrow(1, 1, self.shape.n_tokens())
+                .reshape([rows, self.shape.latent_dim()]),
         })
     }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flowsynth_common::checkpoint::{self, CheckpointMeta, LoadedCheckpoint, sha256_hex};
@@ -79,6 +79,8 @@ pub struct JobOutcome {
     pub coherence: (f64, u64),
     /// Sampling, multimodal: the image layout as the sample manifest's `image_view` JSON.
     pub image_view: String,
+    /// Sampling: seconds spent in the generator itself (see `DoneReport.generation_seconds`).
+    pub generation_seconds: f64,
 }
 
 /// Resolves a device name; `auto` means the first CUDA device when libtorch sees one.
@@ -723,9 +725,11 @@ fn sample_inner(
     let mut drawn_total = 0usize;
     let mut coherence = (0.0, 0u64);
     let started = Instant::now();
+    let mut generating = Duration::ZERO;
     for chunk in &a.chunks {
         ctx.check_stop()?;
         let code = code_of(&chunk.class_name)?;
+        let generation_started = Instant::now();
         let (rows, drawn, scores) = augment::new_rows(
             &model,
             code,
@@ -735,6 +739,7 @@ fn sample_inner(
             chunk.seed,
             &chunk.class_name,
         )?;
+        generating += generation_started.elapsed();
         drawn_total += drawn;
         if let Some(c) = scores {
             coherence.0 += c.iter().sum::<f64>();
@@ -756,7 +761,9 @@ fn sample_inner(
     }
     if total > 0 {
         tracing::info!(
-            "generated {done} rows ({} candidates drawn; the others copied training rows) at strength {}",
+            "generated {done} rows in {:.2} s ({:.0} rows/s; {} candidates drawn, the others copied training rows) at strength {}",
+            generating.as_secs_f64(),
+            done as f64 / generating.as_secs_f64().max(1e-9),
             drawn_total,
             opts.strength
         );
@@ -801,5 +808,6 @@ fn sample_inner(
                 serde_json::to_string(&view).unwrap_or_default()
             })
             .unwrap_or_default(),
+        generation_seconds: generating.as_secs_f64(),
     })
 }

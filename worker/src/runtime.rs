@@ -440,6 +440,7 @@ async fn run_assignment(
             coherence_sum: o.coherence.0,
             coherence_rows: o.coherence.1,
             image_view_json: o.image_view.clone(),
+            generation_seconds: o.generation_seconds,
         },
         Err(e) => {
             tracing::error!("job {} failed: {e}", a.job_id);
