@@ -14,7 +14,7 @@ use flowsynth_common::config::{ModelConfig, ModelMode, TrainConfig};
 use flowsynth_common::manifest::DatasetManifest;
 use flowsynth_common::table::Table;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::FlowModel;
 use super::edm::EdmNoise;
@@ -167,6 +167,22 @@ pub struct Trainer {
     /// Class of every dataset-wide training position (gathered from all ranks once), for
     /// class-tempered epochs; `None` until first needed.
     position_labels: Option<Vec<u32>>,
+    /// Denoiser stage: the diffusion-space latents and class codes of the local training rows,
+    /// each encoded the first time a batch draws it (the VAEs are frozen then, so every later
+    /// epoch would encode the same numbers; rows never drawn are never encoded). `None` until
+    /// the first denoiser epoch, dropped when an epoch trains the VAEs (joint epochs encode each
+    /// batch themselves) or the model or partition changes.
+    latents: Option<LatentCache>,
+}
+
+/// [`Trainer::latents`] of a table of `N` rows.
+#[derive(Debug)]
+struct LatentCache {
+    /// `[N, latent_dim]`; rows not yet encoded are zero.
+    z: Tensor,
+    /// `[N]` class codes (valid where `encoded`).
+    label: Tensor,
+    encoded: Vec<bool>,
 }
 
 /// One optimiser step's rows on this rank.
@@ -218,6 +234,7 @@ impl Trainer {
             train: train.clone(),
             sharding: None,
             position_labels: None,
+            latents: None,
         })
     }
 
@@ -225,7 +242,10 @@ impl Trainer {
         &self.model
     }
 
+    /// The model, to change (e.g. load weights into): drops the denoiser stage's encoded
+    /// latents, which the change may make stale.
     pub fn model_mut(&mut self) -> &mut FlowModel {
+        self.latents = None;
         &mut self.model
     }
 
@@ -252,6 +272,7 @@ impl Trainer {
     pub fn set_partition(&mut self, partition: Option<Partition>) -> Result<()> {
         self.sharding = partition.map(Sharding::new).transpose()?;
         self.position_labels = None;
+        self.latents = None;
         Ok(())
     }
 
@@ -506,6 +527,57 @@ impl Trainer {
         Ok(self.position_labels.as_deref().unwrap_or_default())
     }
 
+    /// The diffusion-space latents `[B, latent_dim]` and class codes `[B]` of the rows `idx` of
+    /// `train`, from [`Trainer::latents`], encoding the rows it does not hold yet.
+    fn cached_latents(&mut self, train: &Table, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+        let device = self.model.device();
+        if self
+            .latents
+            .as_ref()
+            .is_none_or(|c| c.encoded.len() != train.rows())
+        {
+            let n = train.rows() as i64;
+            self.latents = Some(LatentCache {
+                z: Tensor::f_zeros([n, self.model.latent_dim()], (Kind::Float, device))?,
+                label: Tensor::f_zeros([n], (Kind::Int64, device))?,
+                encoded: vec![false; train.rows()],
+            });
+        }
+        let index = |rows: &[usize]| -> Result<Tensor> {
+            let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+            Ok(Tensor::f_from_slice(&rows)?.f_to_device(device)?)
+        };
+        let mut missing: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| self.latents.as_ref().is_some_and(|c| !c.encoded[i]))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let fresh = if missing.is_empty() {
+            None
+        } else {
+            let batch = self.encode_rows(train, &missing)?;
+            Some((self.model.encode_latent(&batch)?, batch.label))
+        };
+        let cache = self.latents.as_mut().ok_or(ModelError::TableLayout {
+            reason: "the denoiser's latent cache is missing".into(),
+        })?;
+        if let Some((z, label)) = fresh {
+            let at = index(&missing)?;
+            let _ = cache.z.f_index_copy_(0, &at, &z)?;
+            let _ = cache.label.f_index_copy_(0, &at, &label)?;
+            for i in missing {
+                cache.encoded[i] = true;
+            }
+        }
+        let rows = index(idx)?;
+        Ok((
+            cache.z.f_index_select(0, &rows)?,
+            cache.label.f_index_select(0, &rows)?,
+        ))
+    }
+
     /// The rows `idx` of `table`, preprocessed onto the model's device.
     fn encode_rows(&self, table: &Table, idx: &[usize]) -> Result<Batch> {
         self.model
@@ -710,6 +782,9 @@ impl Trainer {
             &[tag::VAE_NOISE, Stage::Diffusion.key(), epoch],
         );
         let beta = self.state.beta;
+        if joint {
+            self.latents = None;
+        }
         let mut loss_sum = 0.0;
         let mut steps = 0;
         let mut rows = 0;
@@ -726,11 +801,11 @@ impl Trainer {
                     Self::zero_gradients(&self.vae_opt)?;
                 }
             } else {
-                let batch = self.encode_rows(train, idx)?;
                 let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
                 let (loss, total) = if joint {
                     // One encoder pass: the denoiser trains on the posterior means the VAE loss
                     // computed, so its gradient reaches the encoders through them.
+                    let batch = self.encode_rows(train, idx)?;
                     let eps = self.model.vae_noise(vae_noise_key, &step.slots)?;
                     let vae = self.model.vae_loss(&batch, beta, Some(&eps))?;
                     let z = self.model.diffusion_latent(&vae.latent)?;
@@ -738,8 +813,8 @@ impl Trainer {
                     let total = &edm + vae.tabular.total;
                     (edm, total)
                 } else {
-                    let z = self.model.encode_latent(&batch)?;
-                    let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                    let (z, label) = self.cached_latents(train, idx)?;
+                    let edm = self.model.denoiser_loss(&z, &label, &noise)?;
                     (edm.shallow_clone(), edm)
                 };
                 let share = idx.len() as f64 / step.global as f64;
