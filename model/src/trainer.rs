@@ -531,51 +531,42 @@ impl Trainer {
     /// `train`, from [`Trainer::latents`], encoding the rows it does not hold yet.
     fn cached_latents(&mut self, train: &Table, idx: &[usize]) -> Result<(Tensor, Tensor)> {
         let device = self.model.device();
-        if self
-            .latents
-            .as_ref()
-            .is_none_or(|c| c.encoded.len() != train.rows())
-        {
-            let n = train.rows() as i64;
-            self.latents = Some(LatentCache {
-                z: Tensor::f_zeros([n, self.model.latent_dim()], (Kind::Float, device))?,
-                label: Tensor::f_zeros([n], (Kind::Int64, device))?,
-                encoded: vec![false; train.rows()],
-            });
-        }
+        let mut cache = match self.latents.take() {
+            Some(c) if c.encoded.len() == train.rows() => c,
+            _ => {
+                let n = train.rows() as i64;
+                LatentCache {
+                    z: Tensor::f_zeros([n, self.model.latent_dim()], (Kind::Float, device))?,
+                    label: Tensor::f_zeros([n], (Kind::Int64, device))?,
+                    encoded: vec![false; train.rows()],
+                }
+            }
+        };
         let index = |rows: &[usize]| -> Result<Tensor> {
             let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
             Ok(Tensor::f_from_slice(&rows)?.f_to_device(device)?)
         };
-        let mut missing: Vec<usize> = idx
-            .iter()
-            .copied()
-            .filter(|&i| self.latents.as_ref().is_some_and(|c| !c.encoded[i]))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        let fresh = if missing.is_empty() {
-            None
-        } else {
+        let mut missing: Vec<usize> = idx.iter().copied().filter(|&i| !cache.encoded[i]).collect();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
             let batch = self.encode_rows(train, &missing)?;
-            Some((self.model.encode_latent(&batch)?, batch.label))
-        };
-        let cache = self.latents.as_mut().ok_or(ModelError::TableLayout {
-            reason: "the denoiser's latent cache is missing".into(),
-        })?;
-        if let Some((z, label)) = fresh {
             let at = index(&missing)?;
-            let _ = cache.z.f_index_copy_(0, &at, &z)?;
-            let _ = cache.label.f_index_copy_(0, &at, &label)?;
+            let _ = cache
+                .z
+                .f_index_copy_(0, &at, &self.model.encode_latent(&batch)?)?;
+            let _ = cache.label.f_index_copy_(0, &at, &batch.label)?;
             for i in missing {
                 cache.encoded[i] = true;
             }
         }
         let rows = index(idx)?;
-        Ok((
+        let picked = (
             cache.z.f_index_select(0, &rows)?,
             cache.label.f_index_select(0, &rows)?,
-        ))
+        );
+        self.latents = Some(cache);
+        Ok(picked)
     }
 
     /// The rows `idx` of `table`, preprocessed onto the model's device.
