@@ -25,10 +25,12 @@ demo: build
 bench: build
 	@DATA="$(DATA)" bash bench/convert_vs_pyarrow.sh
 	@bash bench/allreduce_vs_gloo.sh
+	@DATA="$(DATA)" bash bench/train_vs_pytorch.sh
 	@DATA="$(DATA)" bash bench/data_parallel.sh
 	@DATA="$(DATA)" bash bench/eval_nsl_kdd.sh
 	@DATA="$(DATA)" bash bench/quality.sh
 	@DATA="$(DATA)" bash bench/ablation.sh
+	@DATA="$(DATA)" bash bench/sampling.sh
 
 clean:
 	$(CARGO) clean

@@ -15,26 +15,7 @@ SIZES_MB="${SIZES_MB:-1,4,16,64,256}"
 WORLDS="${WORLDS:-2 4}"
 PORT="${PORT:-29650}"
 
-# torch 2.11.0 is in .deps/torch (scripts/setup-libtorch.sh, without its CUDA dependencies).
-# Importing it in Python loads libtorch_cuda.so, which links cuDNN, cuBLAS, NCCL, ... even on a
-# CPU: install those libraries (and torch's pure-Python dependencies) beside it, once.
-[ -d .deps/torch/torch ] || { echo "bench: libtorch missing; run make build first" >&2; exit 1; }
-py="$root/.deps/bench-torch"
-pylibs() { ls -d "$py"/nvidia/*/lib 2>/dev/null | paste -sd: -; }
-torch_ok() {
-  LD_LIBRARY_PATH="$(pylibs)" PYTHONPATH="$root/.deps/torch:$py" \
-    python3 -c "import torch.distributed as d; assert d.is_gloo_available()" 2>/dev/null
-}
-if ! torch_ok; then
-  echo "bench: installing torch's runtime libraries into $py (about 2.3 GB, once)" >&2
-  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --target "$py" --upgrade \
-    "cuda-toolkit[cublas,cufft,cufile,curand,cusparse]==13.0.2" nvidia-cudnn-cu13==9.19.0.56 \
-    nvidia-cusparselt-cu13==0.8.0 nvidia-nccl-cu13==2.28.9 nvidia-nvshmem-cu13==3.4.5 \
-    typing_extensions sympy networkx jinja2 filelock fsspec numpy
-  torch_ok || { echo "bench: torch.distributed with gloo still does not import" >&2; exit 1; }
-fi
-export LD_LIBRARY_PATH="$(pylibs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PYTHONPATH="$root/.deps/torch:$py"
+source "$root/bench/torch-python.sh"
 
 # The example needs no libtorch: its own target directory keeps this build small and separate.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/collective}"
@@ -56,7 +37,7 @@ done
 
 machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
 python3 - "$out" "$ROUNDS" "$machine" <<'EOF'
-import json, statistics, sys, datetime, re, pathlib, textwrap
+import json, statistics, sys, datetime, textwrap
 out, rounds, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def load(name):
     rows = {}
@@ -92,13 +73,7 @@ intro = (
     "one run compare like with like."
 )
 section = "## All-reduce vs torch.distributed gloo\n\n" + textwrap.fill(intro, 100) + "\n\n" + table + "\n"
-p = pathlib.Path("bench/RESULTS.md")
-text = p.read_text()
-pattern = re.compile(r"## All-reduce vs torch\.distributed gloo\n.*?(?=\n## |\Z)", re.S)
-if pattern.search(text):
-    text = pattern.sub(section.rstrip("\n") + "\n", text)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-p.write_text(text)
-print("\nbench: recorded in bench/RESULTS.md", file=sys.stderr)
+sys.path.insert(0, "bench")
+from record_section import record
+record(section)
 EOF

@@ -127,6 +127,13 @@ struct ConvertArgs {
     /// Replace an existing dataset at --out.
     #[arg(long)]
     overwrite: bool,
+    /// Threads parsing and converting columns (default: all cores; the output is the same).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// MiB of parsed input kept in memory between the two passes: an input that fits is read
+    /// once, a larger one twice (memory stays bounded).
+    #[arg(long, default_value_t = 512)]
+    memory_mib: usize,
     /// Destination: local directory or object-store URL.
     #[arg(long)]
     out: String,
@@ -701,6 +708,8 @@ async fn run_convert(a: ConvertArgs) -> Result<()> {
         row_group_rows: a.row_group_rows,
         overwrite: a.overwrite,
         progress: true,
+        threads: a.threads.unwrap_or(0),
+        memory_budget: a.memory_mib.saturating_mul(1 << 20),
     };
     let out = Location::parse(&a.out)?;
     let inputs = a.inputs.clone();

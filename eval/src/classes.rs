@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
 use crate::detection::logistic_detection;
+use crate::stats::par_map;
 use crate::downstream::{self, DownstreamOptions};
 use crate::error::Result;
 use crate::fidelity;
@@ -120,8 +121,9 @@ pub fn evaluate(inp: &ClassInputs) -> Result<Vec<ClassFidelity>> {
     let train_prints: HashSet<u64> = (0..inp.train.rows())
         .map(|i| fingerprint(inp.train, i))
         .collect();
-    let mut out = Vec::with_capacity(present.len());
-    for (k, &c) in present.iter().enumerate() {
+    // Classes are independent (their own rows, seeds and single-threaded fits): side by side.
+    let out = par_map(present.len(), inp.downstream.threads, |k| {
+        let c = present[k];
         let real = inp.train.select(&train_rows[c]);
         let syn = &queries[2 * k];
         let hold = &queries[2 * k + 1];
@@ -142,7 +144,7 @@ pub fn evaluate(inp: &ClassInputs) -> Result<Vec<ClassFidelity>> {
             let (d, a) = detection(inp, &real, hold, seed);
             (h.shape, h.trend, d, a)
         };
-        out.push(ClassFidelity {
+        ClassFidelity {
             class: inp.schema.classes[c].clone(),
             train_rows: real.rows(),
             synthetic_rows: syn.rows(),
@@ -159,8 +161,8 @@ pub fn evaluate(inp: &ClassInputs) -> Result<Vec<ClassFidelity>> {
             holdout_agreement: agreement(&predictions[2 * k + 1]),
             copy_rate: finite(copy_rate(syn, &train_prints)),
             holdout_copy_rate: finite(copy_rate(hold, &train_prints)),
-        });
-    }
+        }
+    });
     Ok(out)
 }
 

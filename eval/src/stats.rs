@@ -2,20 +2,26 @@
 //! deviation, numpy-style quantiles.
 
 /// Runs `f(i)` for `i in 0..n` on up to `threads` threads and returns the results in index
-/// order. Work is dealt out round-robin (thread `w` takes `w, w + threads, ...`), so uneven items
+/// order. Work is dealt out on demand (each thread takes the next undone index), so uneven items
 /// such as trees of different depths spread evenly. A panic in `f` is re-raised here.
 pub fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = threads.clamp(1, n.max(1));
     let f = &f;
     let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = &next;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|w| {
+            .map(|_| {
                 s.spawn(move || {
-                    (w..n)
-                        .step_by(threads)
-                        .map(|i| (i, f(i)))
-                        .collect::<Vec<_>>()
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break done;
+                        }
+                        done.push((i, f(i)));
+                    }
                 })
             })
             .collect();

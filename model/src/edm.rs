@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::denoiser::Denoiser;
 use super::error::{ModelError, Result};
 use super::layers::matrix;
-use super::rng::{Stream, derive};
+use super::rng::per_row;
 
 pub const SIGMA_DATA: f64 = 0.5;
 pub const P_MEAN: f64 = -1.2;
@@ -56,20 +56,19 @@ impl EdmNoise {
         label_dropout: f64,
         device: Device,
     ) -> Result<Self> {
-        let n = row_ids.len();
-        let mut sigma = Vec::with_capacity(n);
-        let mut drop = Vec::with_capacity(n);
-        let mut noise = Vec::with_capacity(n * dim);
-        for &id in row_ids {
-            let mut s = Stream::new(derive(key, &[id]));
-            sigma.push((s.normal() * P_STD + P_MEAN).exp() as f32);
-            drop.push(s.uniform() < label_dropout);
-            noise.extend((0..dim).map(|_| s.normal() as f32));
-        }
+        // Per row: the noise level, the dropout draw, then the noise, in that order.
+        let all = per_row(key, row_ids, dim + 2, |s, out| {
+            out[0] = (s.normal() * P_STD + P_MEAN).exp() as f32;
+            out[1] = f32::from(u8::from(s.uniform() < label_dropout));
+            for v in &mut out[2..] {
+                *v = s.normal() as f32;
+            }
+        });
+        let all = matrix(&all, row_ids.len(), dim + 2, device)?;
         Ok(Self {
-            sigma: Tensor::f_from_slice(&sigma)?.f_to_device(device)?,
-            noise: matrix(&noise, n, dim, device)?,
-            drop_label: Tensor::f_from_slice(&drop)?.f_to_device(device)?,
+            sigma: all.f_select(1, 0)?.f_contiguous()?,
+            noise: all.f_narrow(1, 2, dim as i64)?.f_contiguous()?,
+            drop_label: all.f_select(1, 1)?.f_gt(0.5)?,
         })
     }
 }

@@ -22,6 +22,7 @@
 //! `rng`), so the same seed, data and configuration give the same weights and losses on CPU, on
 //! any thread.
 
+pub mod alloc;
 pub mod cnn;
 pub mod denoiser;
 pub mod edm;
@@ -42,6 +43,7 @@ use flowsynth_common::manifest::DatasetManifest;
 use flowsynth_common::table::Table;
 use tch::{Device, Kind, Tensor};
 
+pub use alloc::reuse_freed_memory;
 pub use cnn::{CnnShape, CnnVae};
 pub use denoiser::Denoiser;
 pub use edm::{EdmNoise, SamplerOptions};

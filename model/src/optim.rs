@@ -125,16 +125,23 @@ impl Adam {
             if !g.defined() {
                 continue;
             }
-            // In-place updates return the updated tensor; only the side effect matters.
+            // In place, as torch.optim's single-tensor Adam: m and v by lerp (b m + (1 - b) g),
+            // the step by one addcdiv with the step size folded into the denominator. Each
+            // returns the updated tensor; only the side effect matters.
             if c.weight_decay != 0.0 {
                 let _ = p.f_mul_scalar_(1.0 - c.lr * c.weight_decay)?;
             }
-            let _ = m.f_mul_scalar_(c.beta1)?;
-            let _ = m.f_add_(&(&g * (1.0 - c.beta1)))?;
-            let _ = v.f_mul_scalar_(c.beta2)?;
-            let _ = v.f_add_(&(g.square() * (1.0 - c.beta2)))?;
-            let denom = v.f_sqrt()? / bias2_sqrt + c.eps;
-            let _ = p.f_sub_(&(&*m / denom * step_size))?;
+            let _ = m.f_lerp_(&g, 1.0 - c.beta1)?;
+            let _ = v.f_lerp_(&g.f_square()?, 1.0 - c.beta2)?;
+            // p - step * m / (sqrt(v) / bias2_sqrt + eps) = p + m / (sqrt(v) * a + b), with
+            // a = -1 / (bias2_sqrt * step), b = -eps / step.
+            // (A zero learning rate moves nothing; dividing by it would give NaN.)
+            if step_size != 0.0 {
+                let mut denom = v.f_sqrt()?;
+                let _ = denom.f_mul_scalar_(-1.0 / (bias2_sqrt * step_size))?;
+                let _ = denom.f_add_scalar_(-c.eps / step_size)?;
+                let _ = p.f_addcdiv_(m, &denom)?;
+            }
         }
         Ok(())
     }

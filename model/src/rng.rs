@@ -96,11 +96,59 @@ impl Stream {
 /// `dim` standard normals for each row id, row-major (`[row_ids.len(), dim]`), each row drawn
 /// from its own stream keyed by `(key, row id)`.
 pub fn row_normals(key: u64, row_ids: &[u64], dim: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(row_ids.len() * dim);
-    for &id in row_ids {
-        let mut s = Stream::new(derive(key, &[id]));
-        out.extend((0..dim).map(|_| s.normal() as f32));
+    per_row(key, row_ids, dim, |s, out| {
+        for v in out {
+            *v = s.normal() as f32;
+        }
+    })
+}
+
+/// Values drawn per row, `[row_ids.len(), width]` row-major: `draw` fills row `i`'s `width`
+/// values from the stream keyed by `(key, row_ids[i])`. Rows are independent streams, so large
+/// batches are drawn on libtorch's intra-op thread count (libtorch is idle meanwhile) with the
+/// same result as one thread.
+pub fn per_row(
+    key: u64,
+    row_ids: &[u64],
+    width: usize,
+    draw: impl Fn(&mut Stream, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    per_row_on(tch::get_num_threads().max(1) as usize, key, row_ids, width, draw)
+}
+
+/// [`per_row`] on at most `threads` threads.
+fn per_row_on(
+    threads: usize,
+    key: u64,
+    row_ids: &[u64],
+    width: usize,
+    draw: impl Fn(&mut Stream, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    /// Values below which one thread is quicker than starting others.
+    const PARALLEL_VALUES: usize = 32_768;
+    let mut out = vec![0f32; row_ids.len() * width];
+    if width == 0 {
+        return out;
     }
+    let fill = |ids: &[u64], out: &mut [f32]| {
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
+            draw(&mut Stream::new(derive(key, &[id])), row);
+        }
+    };
+    let threads = threads.min(out.len() / PARALLEL_VALUES);
+    if threads <= 1 {
+        fill(row_ids, &mut out);
+        return out;
+    }
+    let rows_per = row_ids.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (ids, chunk) in row_ids
+            .chunks(rows_per)
+            .zip(out.chunks_mut(rows_per * width))
+        {
+            scope.spawn(move || fill(ids, chunk));
+        }
+    });
     out
 }
 
@@ -137,6 +185,19 @@ mod tests {
         let b = row_normals(3, &[12], 4);
         assert_eq!(&a[8..12], &b[..]);
         assert_ne!(row_normals(4, &[12], 4), b);
+    }
+
+    #[test]
+    fn parallel_draws_equal_one_thread() {
+        let ids: Vec<u64> = (0..3000).map(|i| i * 7 + 1).collect();
+        let draw = |s: &mut Stream, out: &mut [f32]| {
+            for v in out {
+                *v = s.normal() as f32;
+            }
+        };
+        let one = per_row_on(1, 9, &ids, 40, draw);
+        assert_eq!(one, per_row_on(3, 9, &ids, 40, draw));
+        assert_eq!(one, row_normals(9, &ids, 40));
     }
 
     #[test]

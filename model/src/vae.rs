@@ -195,7 +195,7 @@ impl Transformer {
             };
             x = &x + blk.attention.forward(&r);
             let r = blk.norm1.forward(&x);
-            x = &x + blk.linear1.forward(&blk.linear0.forward(&r).relu());
+            x = &x + blk.linear1.forward(&blk.linear0.forward_wide(&r).relu());
         }
         x
     }

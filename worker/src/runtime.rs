@@ -152,6 +152,9 @@ pub async fn run(
     opts: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    if !flowsynth_model::reuse_freed_memory() {
+        tracing::debug!("malloc settings left as they are (not glibc)");
+    }
     let channel = connect(&opts.coordinator, opts.connect_timeout).await?;
     let mut client = WorkerServiceClient::new(channel);
     let (listener, collective_address) = bind_collective(&opts)?;

@@ -8,7 +8,7 @@
 //!
 //! Line numbers: the csv crate's record position is where the *previous* read stopped, which is
 //! off by the skipped blank lines and by the `\n` of a CRLF pair that is still unread. So records
-//! are terminated by `\n` only (a CR before it is removed from the last field by [`Row`]), and
+//! are terminated by `\n` only (a CR before it is removed from the last field by [`RawRow`]), and
 //! the input always ends with a `\n`; then after each record exactly its own newlines have been
 //! counted, and its first line is `line_after - 1 - newlines inside quoted fields`.
 
@@ -89,13 +89,14 @@ fn open_text(path: &Path, bar: &ProgressBar) -> Result<BoxRead> {
     Ok(Box::new(text.chain(Cursor::new(b"\n"))))
 }
 
-/// One record. The last field loses a trailing `\r` (the CR of a CRLF line ending).
+/// One record as the CSV reader holds it. The last field loses a trailing `\r` (the CR of a CRLF
+/// line ending).
 #[derive(Clone, Copy)]
-pub(super) struct Row<'a> {
+pub(super) struct RawRow<'a> {
     record: &'a ByteRecord,
 }
 
-impl<'a> Row<'a> {
+impl<'a> RawRow<'a> {
     pub(super) fn len(&self) -> usize {
         self.record.len()
     }
@@ -175,8 +176,8 @@ impl Records {
     }
 
     /// The current record (after `next_record` returned a line).
-    pub(super) fn record(&self) -> Row<'_> {
-        Row {
+    pub(super) fn record(&self) -> RawRow<'_> {
+        RawRow {
             record: &self.record,
         }
     }

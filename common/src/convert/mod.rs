@@ -2,15 +2,20 @@
 //! `_dataset.json` manifest.
 //!
 //! The conversion streams, so memory stays flat whatever the input size (the bounded state is a
-//! 100,000-row quantile sample, capped distinct-value sets and, with `dedup`, one 16-byte
-//! fingerprint per kept row):
+//! 100,000-row quantile sample, capped distinct-value sets, with `dedup` one 16-byte fingerprint
+//! per kept row, and the parsed input itself up to [`ConvertOptions::memory_budget`]):
+//!
+//! The input is read in chunks of records on a thread of its own ([`chunks`]), and each chunk's
+//! columns are parsed and converted by several threads side by side, with the same result as one
+//! thread. An input whose parsed chunks fit the memory budget is read, decompressed and split
+//! into fields once; pass 2 then works from memory. A larger one is read again.
 //!
 //! 1. **Pass 1** ([`scan`]) reads every input once and decides column types, which rows survive
 //!    cleaning (empty label, NaN/Infinity, exact duplicates), and all statistics: min, max, mean,
 //!    std, capped distinct counts, vocabularies, class counts, constant columns, and a seeded
 //!    uniform row sample for the quantiles. Statistics are global, fitted once over the whole
 //!    dataset, so every training worker applies the same transforms.
-//! 2. **Pass 2** ([`write`]) reads the inputs again, applies the same cleaning, and writes the kept
+//! 2. **Pass 2** ([`write`]) goes over the records again, applies the same cleaning, and writes the kept
 //!    columns with their final types into Parquet parts in a local temporary directory, hashing
 //!    each part as it is written.
 //! 3. **Publish**: only after both passes succeeded are the parts uploaded to the destination and
@@ -20,6 +25,7 @@
 //! Every cleaning decision is recorded in the manifest: dropped columns with their reason, rows
 //! dropped by cause, rewritten label texts, per-file row counts.
 
+mod chunks;
 mod input;
 mod plan;
 mod scan;
@@ -137,7 +143,18 @@ pub struct ConvertOptions {
     pub overwrite: bool,
     /// Show a progress bar (bytes of input read) on stderr.
     pub progress: bool,
+    /// Threads that parse and convert columns side by side (0: all cores). The result does not
+    /// depend on it.
+    pub threads: usize,
+    /// Bytes of parsed input kept in memory between the passes. An input that fits is read and
+    /// parsed once; a larger one is read again for pass 2, so memory stays bounded by this
+    /// whatever the input size.
+    pub memory_budget: usize,
 }
+
+/// Default [`ConvertOptions::memory_budget`]: 512 MiB, a few million flows of a wide
+/// CICFlowMeter export.
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
 
 impl Default for ConvertOptions {
     fn default() -> Self {
@@ -151,6 +168,8 @@ impl Default for ConvertOptions {
             row_group_rows: 65_536,
             overwrite: false,
             progress: false,
+            threads: 0,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -214,23 +233,32 @@ pub fn convert(
     };
     let plan = plan::Plan::new(opts, first, header)?;
 
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+
     // ---- pass 1 -------------------------------------------------------------------------------
     let bar = progress_bar(opts.progress, total_bytes, "pass 1/2: scanning");
-    let mut s = scan::scan(inputs, &plan, opts.non_finite, opts.dedup, None, &bar)?;
+    let mut kept = chunks::Kept::new(opts.memory_budget);
+    let mut scanner = scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, None, threads);
+    chunks::stream(inputs, &plan, &bar, |piece| {
+        scanner.feed(&piece)?;
+        kept.keep(piece);
+        Ok(())
+    })?;
+    let mut s = scanner.finish();
+    tracing::debug!("pass 1 done after {:.1?}", started.elapsed());
     if s.needs_rerun() {
         tracing::info!(
             "a column's type was only settled late in the input; scanning again with the types fixed"
         );
         let types = s.numeric_types();
         bar.reset();
-        s = scan::scan(
-            inputs,
-            &plan,
-            opts.non_finite,
-            opts.dedup,
-            Some(&types),
-            &bar,
-        )?;
+        let mut again =
+            scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, Some(&types), threads);
+        chunks::replay(&kept, inputs, &plan, &bar, |piece| again.feed(piece))?;
+        s = again.finish();
     }
     bar.finish_and_clear();
     if let Some(e) = s.non_finite_error(inputs, &plan) {
@@ -293,7 +321,7 @@ pub fn convert(
         let (Some(col), Some(&is_numeric)) = (s.cols.get(k), numeric.get(k)) else {
             continue;
         };
-        match feature_kind(col, is_numeric, &s.reservoir, k, s.kept, &name)? {
+        match feature_kind(col, is_numeric, s.kept, &name)? {
             FeatureKind::Constant(value) => dropped.push(DroppedColumn {
                 name,
                 reason: DropReason::Constant { value },
@@ -343,11 +371,12 @@ pub fn convert(
         class_counts,
         total_rows: s.kept,
         rows_dropped: s.drops.clone(),
-        quantile_sample_rows: s.reservoir.rows.len() as u64,
+        quantile_sample_rows: s.reservoir.rows as u64,
         parts: Vec::new(),
         content_hash: String::new(),
     };
-    // The reservoir can be large; it is not needed any more.
+    tracing::debug!("schema and statistics done after {:.1?}", started.elapsed());
+    // The quantile sample can be large; it is not needed any more.
     let features = s.features.clone();
     let files = s.files.clone();
     drop(s);
@@ -369,8 +398,14 @@ pub fn convert(
         dedup: opts.dedup,
         rows_per_part: opts.rows_per_part,
         row_group_rows: opts.row_group_rows,
+        threads,
+        recheck_non_finite: kept.pieces().is_none() || manifest.rows_dropped.non_finite > 0,
     };
-    let (parts, kept_per_file) = write::write_parts(&spec, tmp.path(), &bar)?;
+    let mut writer = write::PartsWriter::new(&spec, tmp.path());
+    chunks::replay(&kept, inputs, &plan, &bar, |piece| writer.feed(piece))?;
+    drop(kept);
+    let (parts, kept_per_file) = writer.finish()?;
+    tracing::debug!("pass 2 done after {:.1?}", started.elapsed());
     bar.finish_and_clear();
     for ((file, kept), path) in files.iter().zip(&kept_per_file).zip(inputs) {
         if file.rows_kept != *kept {
@@ -460,8 +495,6 @@ enum FeatureKind {
 fn feature_kind(
     col: &scan::ColumnScan,
     is_numeric: bool,
-    reservoir: &scan::Reservoir,
-    k: usize,
     rows: u64,
     name: &str,
 ) -> Result<FeatureKind> {
@@ -491,7 +524,7 @@ fn feature_kind(
             } else {
                 DType::Float64
             },
-            stats: Some(scan::numeric_stats(acc, reservoir, k, rows)),
+            stats: Some(scan::numeric_stats(col, rows)),
             vocabulary: None,
         });
     }

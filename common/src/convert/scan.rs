@@ -12,17 +12,23 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::input::{Records, Row};
+use super::chunks::{Chunk, Piece, Row, first_error, on_groups, ranges};
+use super::input::Records;
 use super::plan::{Label, Plan, normalise_label};
 use super::{DISTINCT_CAP, QUANTILE_SAMPLE_ROWS, VOCABULARY_CAP};
 use crate::error::{Error, Result};
 use crate::manifest::{NonFinitePolicy, NumericStats, RowDrops, SourceFile};
+
+/// Hash sets of the scan: a fixed-seed fast hash (the sets only count and collect values, so
+/// neither their order nor resistance to crafted collisions matters).
+type FastSet<T> = HashSet<T, foldhash::fast::FixedState>;
 
 /// Seed of the quantile reservoir: fixed, so converting the same input twice gives the same
 /// manifest.
@@ -55,6 +61,9 @@ pub(super) fn classify(s: &str) -> Cell {
     if s.is_empty() {
         return Cell::Missing;
     }
+    if let Some(cell) = plain_decimal(s) {
+        return cell;
+    }
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() => Cell::Finite {
             v,
@@ -63,6 +72,50 @@ pub(super) fn classify(s: &str) -> Cell {
         Ok(_) => Cell::NonFinite,
         Err(_) => Cell::Text,
     }
+}
+
+/// Exact powers of ten as `f64` (10^22 is the largest that is).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The fast path of [`classify`] for what flow exports mostly hold: `-?digits(.digits)?` with at
+/// most 15 digits (`0.05`, `1234`, `-3`). The digits form an integer `m < 2^53` and the value is
+/// `m / 10^k` with both exact in `f64`, so one correctly rounded division gives exactly what the
+/// full float parser gives (Clinger's fast path). Anything else returns `None`.
+fn plain_decimal(s: &str) -> Option<Cell> {
+    let (negative, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, frac) = match body.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (body, None),
+    };
+    let frac_digits = frac.map_or("", |f| f);
+    let digits = whole.len() + frac_digits.len();
+    // `1.` and `.5` parse as floats too but are rare; the full parser handles them.
+    if whole.is_empty() || frac.is_some_and(str::is_empty) || digits > 15 {
+        return None;
+    }
+    let mut m: u64 = 0;
+    for b in whole.bytes().chain(frac_digits.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        m = m * 10 + u64::from(b - b'0');
+    }
+    let magnitude = match POW10.get(frac_digits.len()) {
+        Some(&p) if frac.is_some() => m as f64 / p,
+        _ => m as f64,
+    };
+    // Negated as a float so that `-0` stays -0.0, as the float parser reads it.
+    let v = if negative { -magnitude } else { magnitude };
+    Some(Cell::Finite {
+        v,
+        int: frac.is_none(),
+    })
 }
 
 /// The value of an integer literal (`12`, `-1`, `+3`; not `1.0`, not beyond i64).
@@ -78,17 +131,22 @@ fn is_int_literal(s: &str) -> bool {
     int_literal(s).is_some()
 }
 
-/// Trimmed UTF-8 text of field `c`, or the error naming file, line and column.
+/// Trimmed UTF-8 text of feature field `k` (source column `c`, which errors name), or the error
+/// naming file, line and column.
 pub(super) fn field_text<'r>(
     rec: Row<'r>,
+    k: usize,
     c: usize,
     plan: &Plan,
     path: &Path,
     line: u64,
 ) -> Result<&'r str> {
-    // ASCII trimming on bytes is much cheaper than `str::trim` and covers what CSV writers pad
-    // with (spaces, tabs, the CR of CRLF).
-    let raw = rec.get(c).unwrap_or_default().trim_ascii();
+    // ASCII trimming is much cheaper than `str::trim` and covers what CSV writers pad with
+    // (spaces, tabs, the CR of CRLF).
+    if let Some(text) = rec.feature_str(k) {
+        return Ok(text.trim_ascii());
+    }
+    let raw = rec.feature(k).unwrap_or_default().trim_ascii();
     std::str::from_utf8(raw).map_err(|_| Error::NotUtf8 {
         path: path.to_path_buf(),
         line,
@@ -99,7 +157,7 @@ pub(super) fn field_text<'r>(
 /// 128-bit fingerprint of a row's kept-by-name fields (trimmed) and normalised label, for
 /// exact-duplicate removal. Two independent 64-bit SipHashes make a collision between distinct
 /// rows negligible even for 10^9 rows.
-pub(super) fn row_key(rec: Row<'_>, features: &[usize], label: &str) -> u128 {
+pub(super) fn row_key(rec: Row<'_>, features: usize, label: &str) -> u128 {
     let mut a = std::hash::DefaultHasher::new();
     let mut b = std::hash::DefaultHasher::new();
     b.write_u64(0x9e37_79b9_7f4a_7c15);
@@ -110,21 +168,20 @@ pub(super) fn row_key(rec: Row<'_>, features: &[usize], label: &str) -> u128 {
         b.write(bytes);
     };
     add(label.as_bytes());
-    for &c in features {
-        add(rec.get(c).unwrap_or_default().trim_ascii());
+    for k in 0..features {
+        add(rec.feature(k).unwrap_or_default().trim_ascii());
     }
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
-/// Checks a record's width and reads its normalised label; errors name file, line and column.
-pub(super) fn row_label<'r>(
+/// A record's normalised label; the error names file, line and column.
+fn row_label<'r>(
     rec: Row<'r>,
     plan: &Plan,
     path: &Path,
     line: u64,
 ) -> Result<Label<'r>> {
-    check_width(rec, plan, path, line)?;
-    normalise_label(rec.get(plan.label).unwrap_or_default(), plan.repair_labels).ok_or_else(|| {
+    normalise_label(rec.label(), plan.repair_labels).ok_or_else(|| {
         Error::NotUtf8 {
             path: path.to_path_buf(),
             line,
@@ -133,14 +190,31 @@ pub(super) fn row_label<'r>(
     })
 }
 
-/// Checks a record's width.
-pub(super) fn check_width(rec: Row<'_>, plan: &Plan, path: &Path, line: u64) -> Result<()> {
-    if rec.len() != plan.width {
+/// The normalised labels of a chunk's records up to the first that is not UTF-8, and that one's
+/// error (which comes after any error of an earlier record).
+pub(super) fn chunk_labels<'c>(
+    chunk: &'c Chunk,
+    plan: &Plan,
+    path: &Path,
+) -> (Vec<Label<'c>>, Option<Error>) {
+    let mut labels = Vec::with_capacity(chunk.len());
+    for (r, &line) in chunk.lines.iter().enumerate() {
+        match row_label(chunk.row(r), plan, path, line) {
+            Ok(l) => labels.push(l),
+            Err(e) => return (labels, Some(e)),
+        }
+    }
+    (labels, None)
+}
+
+/// Checks a record's width (`found` fields).
+pub(super) fn check_width(found: usize, plan: &Plan, path: &Path, line: u64) -> Result<()> {
+    if found != plan.width {
         return Err(Error::RaggedRow {
             path: path.to_path_buf(),
             line,
             expected: plan.width,
-            found: rec.len(),
+            found,
         });
     }
     Ok(())
@@ -196,7 +270,7 @@ pub(super) struct NumAcc {
     /// Every value was a whole number, however written (`592.0` counts).
     pub whole: bool,
     /// Distinct values (bit patterns, -0 folded into 0), at most `DISTINCT_CAP`.
-    pub distinct: HashSet<u64>,
+    pub distinct: FastSet<u64>,
     last: Option<u64>,
 }
 
@@ -210,7 +284,7 @@ impl Default for NumAcc {
             max: f64::NEG_INFINITY,
             all_int: true,
             whole: true,
-            distinct: HashSet::new(),
+            distinct: FastSet::default(),
             last: None,
         }
     }
@@ -226,7 +300,9 @@ impl NumAcc {
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.all_int &= int;
-        self.whole &= v.fract() == 0.0;
+        // Whole without `fract` (a libm call on baseline x86-64): every float from 2^52 up is
+        // whole, and below that the truncating conversion round-trips exactly when it is.
+        self.whole &= v.abs() >= 4_503_599_627_370_496.0 || (v as i64) as f64 == v;
         let bits = if v == 0.0 {
             0f64.to_bits()
         } else {
@@ -277,9 +353,13 @@ pub(super) struct ColumnScan {
     pub first_non_finite: Option<(usize, u64, String)>,
     pub num: NumAcc,
     /// Distinct trimmed texts over kept rows, at most `VOCABULARY_CAP`.
-    pub texts: HashSet<Box<str>>,
+    pub texts: FastSet<Box<str>>,
     pub texts_overflow: bool,
-    last_text: Option<Box<str>>,
+    /// The previous kept row's text (a buffer reused row after row): repeats skip the set.
+    last_text: Option<String>,
+    /// This column's values in the quantile sample (row `i` of the sample at index `i`; NaN
+    /// where the value was not a finite number).
+    sample: Vec<f64>,
 }
 
 impl ColumnScan {
@@ -296,20 +376,46 @@ impl ColumnScan {
         if !self.texts.contains(text) {
             if self.texts.len() >= VOCABULARY_CAP {
                 self.texts_overflow = true;
-                self.texts = HashSet::new();
+                self.texts = FastSet::default();
                 self.last_text = None;
                 return;
             }
             self.texts.insert(text.into());
         }
-        self.last_text = Some(text.into());
+        let last = self.last_text.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(text);
+    }
+
+    /// Puts this column's value of a sampled row at `slot` of the quantile sample.
+    fn sample_at(&mut self, slot: usize, value: f64) {
+        if let Some(v) = self.sample.get_mut(slot) {
+            *v = value;
+        } else {
+            self.sample.push(value);
+        }
+    }
+
+    /// Sorted finite values of the quantile sample.
+    pub fn sorted_sample(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .sample
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
+        // Unstable is fine: values equal under the total order are identical.
+        v.sort_unstable_by(f64::total_cmp);
+        v
     }
 }
 
-/// Uniform sample of kept rows (Algorithm R), the numeric values of every feature column.
+/// Which kept rows make up the uniform quantile sample (Algorithm R); the sampled values
+/// themselves live with their columns ([`ColumnScan`]), so column groups fill them in parallel.
 #[derive(Debug)]
 pub(super) struct Reservoir {
-    pub rows: Vec<Box<[f64]>>,
+    /// Rows in the sample.
+    pub rows: usize,
     seen: u64,
     rng: StdRng,
 }
@@ -317,42 +423,23 @@ pub(super) struct Reservoir {
 impl Reservoir {
     fn new() -> Self {
         Self {
-            rows: Vec::new(),
+            rows: 0,
             seen: 0,
             rng: StdRng::seed_from_u64(RESERVOIR_SEED),
         }
     }
 
-    /// Where the next row goes, if it is sampled.
+    /// Where the next kept row goes in the sample, if it is sampled.
     fn slot(&mut self) -> Option<usize> {
         self.seen += 1;
-        if self.rows.len() < QUANTILE_SAMPLE_ROWS {
-            return Some(self.rows.len());
+        if self.rows < QUANTILE_SAMPLE_ROWS {
+            self.rows += 1;
+            return Some(self.rows - 1);
         }
         let j = self.rng.random_range(0..self.seen);
         usize::try_from(j)
             .ok()
             .filter(|&j| j < QUANTILE_SAMPLE_ROWS)
-    }
-
-    fn put(&mut self, slot: usize, row: &[f64]) {
-        if let Some(r) = self.rows.get_mut(slot) {
-            r.copy_from_slice(row);
-        } else {
-            self.rows.push(row.into());
-        }
-    }
-
-    /// Sorted finite sample values of feature `k`.
-    pub fn column(&self, k: usize) -> Vec<f64> {
-        let mut v: Vec<f64> = self
-            .rows
-            .iter()
-            .filter_map(|r| r.get(k).copied())
-            .filter(|x| x.is_finite())
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
     }
 }
 
@@ -411,97 +498,267 @@ impl Scan {
     }
 }
 
-/// Pass 1 over all inputs. `fixed` gives the feature types (numeric or not) when they are known
-/// from an earlier run.
-pub(super) fn scan(
-    inputs: &[PathBuf],
-    plan: &Plan,
+/// What every column group of one chunk shares.
+struct ChunkCtx<'c> {
+    chunk: &'c Chunk,
+    /// Records of the chunk to process (those before the first label error).
+    rows: usize,
+    labelled: &'c [bool],
+    plan: &'c Plan,
+    path: &'c Path,
     policy: NonFinitePolicy,
-    dedup: bool,
-    fixed: Option<&[bool]>,
-    bar: &ProgressBar,
-) -> Result<Scan> {
-    let features = plan.features();
-    let nf = features.len();
-    let mut s = Scan {
-        features: features.clone(),
-        cols: (0..nf).map(|_| ColumnScan::default()).collect(),
-        labels: HashMap::new(),
-        labels_overflow: false,
-        rewrites: BTreeMap::new(),
-        files: Vec::with_capacity(inputs.len()),
-        drops: RowDrops::default(),
-        kept: 0,
-        reservoir: Reservoir::new(),
-        tentative: fixed.is_none(),
-        policy,
-    };
-    let mut seen: Option<HashSet<u128>> = dedup.then(HashSet::new);
-    let mut cells = vec![Cell::Text; nf];
-    let mut values = vec![f64::NAN; nf];
-    let mut culprits: Vec<usize> = Vec::new();
-    let first = inputs
-        .first()
-        .map(PathBuf::as_path)
-        .unwrap_or(Path::new(""));
+}
 
-    for (file_idx, path) in inputs.iter().enumerate() {
-        let mut records = open_rows(path, first, plan, bar)?;
-        let (mut rows_read, mut rows_kept) = (0u64, 0u64);
-        while let Some(line) = records.next_record()? {
-            let rec = records.record();
-            let label = row_label(rec, plan, path, line)?;
-            rows_read += 1;
-            let labelled = !label.text.is_empty();
+/// A column group: a contiguous range of the feature columns with their state.
+struct Group<'s> {
+    /// Position of the range's first column among the features.
+    first: usize,
+    cols: &'s mut [ColumnScan],
+    sources: &'s [usize],
+    fixed: Option<&'s [bool]>,
+}
 
-            // Classify every feature field (UTF-8 is checked on every row, dropped or not) and
-            // update the type evidence from labelled rows.
-            let mut non_finite_drop = false;
-            culprits.clear();
-            let mut texts: Vec<&str> = Vec::with_capacity(nf);
-            for (k, &c) in features.iter().enumerate() {
-                let text = field_text(rec, c, plan, path, line)?;
-                texts.push(text);
-                let cell = classify(text);
-                cells[k] = cell;
-                if !labelled {
-                    continue;
-                }
-                let Some(col) = s.cols.get_mut(k) else {
-                    continue;
-                };
-                match cell {
-                    Cell::Text => col.text_seen = true,
-                    Cell::Finite { .. } => col.number_seen = true,
-                    Cell::NonFinite | Cell::Missing => {
-                        if cell == Cell::NonFinite {
-                            col.number_seen = true;
+/// Phase 1 of a chunk for one group: every cell classified (row-major, the group's width per
+/// record), and which records a non-finite value of this group drops.
+struct Classified<'c> {
+    cells: Vec<(Cell, &'c str)>,
+    drops: Vec<bool>,
+}
+
+/// Splits the columns into groups over `ranges`.
+fn groups<'s>(
+    cols: &'s mut [ColumnScan],
+    sources: &'s [usize],
+    fixed: Option<&'s [bool]>,
+    ranges: &[Range<usize>],
+) -> Vec<Group<'s>> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut rest = cols;
+    for r in ranges {
+        let (mine, tail) = rest.split_at_mut(r.len());
+        rest = tail;
+        out.push(Group {
+            first: r.start,
+            cols: mine,
+            sources: sources.get(r.clone()).unwrap_or_default(),
+            fixed: fixed.and_then(|f| f.get(r.clone())),
+        });
+    }
+    out
+}
+
+/// Phase 1: classifies the group's cells and updates the type evidence from labelled records.
+/// Errors carry their (row, column) position so the earliest across groups can be reported.
+fn classify_group<'c>(
+    ctx: &ChunkCtx<'c>,
+    g: Group<'_>,
+) -> std::result::Result<Classified<'c>, (usize, usize, Error)> {
+    let width = g.cols.len();
+    let mut cells = Vec::with_capacity(ctx.rows * width);
+    let mut drops = vec![false; ctx.rows];
+    for (r, (drop, (&line, &labelled))) in drops
+        .iter_mut()
+        .zip(ctx.chunk.lines.iter().zip(ctx.labelled))
+        .enumerate()
+    {
+        let rec = ctx.chunk.row(r);
+        for (j, (col, &c)) in g.cols.iter_mut().zip(g.sources).enumerate() {
+            let k = g.first + j;
+            let text = field_text(rec, k, c, ctx.plan, ctx.path, line).map_err(|e| (r, k, e))?;
+            let cell = classify(text);
+            cells.push((cell, text));
+            if !labelled {
+                continue;
+            }
+            match cell {
+                Cell::Text => col.text_seen = true,
+                Cell::Finite { .. } => col.number_seen = true,
+                Cell::NonFinite | Cell::Missing => {
+                    if cell == Cell::NonFinite {
+                        col.number_seen = true;
+                    }
+                    let numeric_now = match g.fixed {
+                        Some(types) => types.get(j).copied().unwrap_or(false),
+                        None => col.is_numeric(),
+                    };
+                    match ctx.policy {
+                        NonFinitePolicy::Drop if numeric_now => {
+                            // A labelled record with a culprit is always dropped for it.
+                            *drop = true;
+                            col.caused_drops = true;
                         }
-                        let numeric_now = match fixed {
-                            Some(types) => types.get(k).copied().unwrap_or(false),
-                            None => col.is_numeric(),
-                        };
-                        match policy {
-                            NonFinitePolicy::Drop if numeric_now => {
-                                non_finite_drop = true;
-                                culprits.push(k);
+                        NonFinitePolicy::Drop => {
+                            if !col.text_seen {
+                                col.unresolved_non_finite = true;
                             }
-                            NonFinitePolicy::Drop => {
-                                if !col.text_seen {
-                                    col.unresolved_non_finite = true;
-                                }
-                            }
-                            NonFinitePolicy::Error => {
-                                if !col.text_seen && col.first_non_finite.is_none() {
-                                    col.first_non_finite = Some((file_idx, line, text.to_string()));
-                                }
-                            }
-                            NonFinitePolicy::Zero => {}
                         }
+                        NonFinitePolicy::Error => {
+                            if !col.text_seen && col.first_non_finite.is_none() {
+                                col.first_non_finite =
+                                    Some((ctx.chunk.file, line, text.to_string()));
+                            }
+                        }
+                        NonFinitePolicy::Zero => {}
                     }
                 }
             }
-            if !labelled {
+        }
+    }
+    Ok(Classified { cells, drops })
+}
+
+/// Phase 3: statistics and sample values of the kept records `kept` for one group.
+fn accumulate_group(
+    g: Group<'_>,
+    classified: &Classified<'_>,
+    kept: &[(usize, Option<usize>)],
+    policy: NonFinitePolicy,
+) {
+    let width = g.cols.len();
+    // Column by column: one column's state stays hot and its branches predictable.
+    for (j, col) in g.cols.iter_mut().enumerate() {
+        for &(r, slot) in kept {
+            let Some(&(cell, text)) = classified.cells.get(r * width + j) else {
+                continue;
+            };
+            let mut value = f64::NAN;
+            if !col.text_seen {
+                match cell {
+                    Cell::Finite { v, int } => {
+                        col.num.push(v, int);
+                        value = v;
+                    }
+                    Cell::NonFinite | Cell::Missing if policy == NonFinitePolicy::Zero => {
+                        col.num.push(0.0, true);
+                        value = 0.0;
+                    }
+                    _ => {}
+                }
+            }
+            if !col.texts_overflow {
+                col.add_text(text);
+            }
+            if let Some(slot) = slot {
+                col.sample_at(slot, value);
+            }
+        }
+    }
+}
+
+/// Pass 1, fed the input piece by piece. `fixed` gives the feature types (numeric or not) when
+/// they are known from an earlier run.
+pub(super) struct Scanner<'a> {
+    inputs: &'a [PathBuf],
+    plan: &'a Plan,
+    fixed: Option<&'a [bool]>,
+    seen: Option<HashSet<u128>>,
+    /// Column ranges processed side by side.
+    ranges: Vec<Range<usize>>,
+    rows_kept: u64,
+    s: Scan,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(
+        inputs: &'a [PathBuf],
+        plan: &'a Plan,
+        policy: NonFinitePolicy,
+        dedup: bool,
+        fixed: Option<&'a [bool]>,
+        threads: usize,
+    ) -> Self {
+        let features = plan.features();
+        let nf = features.len();
+        Self {
+            inputs,
+            plan,
+            fixed,
+            seen: dedup.then(HashSet::new),
+            ranges: ranges(nf, threads),
+            rows_kept: 0,
+            s: Scan {
+                features,
+                cols: (0..nf).map(|_| ColumnScan::default()).collect(),
+                labels: HashMap::new(),
+                labels_overflow: false,
+                rewrites: BTreeMap::new(),
+                files: Vec::with_capacity(inputs.len()),
+                drops: RowDrops::default(),
+                kept: 0,
+                reservoir: Reservoir::new(),
+                tentative: fixed.is_none(),
+                policy,
+            },
+        }
+    }
+
+    pub fn feed(&mut self, piece: &Piece) -> Result<()> {
+        match piece {
+            Piece::Rows(chunk) => self.chunk(chunk),
+            Piece::FileEnd { file, rows } => {
+                let path = self.inputs.get(*file).cloned().unwrap_or_default();
+                if *rows == 0 {
+                    return Err(if self.plan.header {
+                        Error::NoRows { path }
+                    } else {
+                        Error::EmptyFile { path }
+                    });
+                }
+                self.s.files.push(SourceFile {
+                    path: path.display().to_string(),
+                    rows_read: *rows,
+                    rows_kept: std::mem::take(&mut self.rows_kept),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> Scan {
+        self.s
+    }
+
+    fn chunk(&mut self, chunk: &Chunk) -> Result<()> {
+        let plan = self.plan;
+        let path = self
+            .inputs
+            .get(chunk.file)
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new(""));
+        let policy = self.s.policy;
+        let (labels, label_error) = chunk_labels(chunk, plan, path);
+        let labelled: Vec<bool> = labels.iter().map(|l| !l.text.is_empty()).collect();
+        let ctx = ChunkCtx {
+            chunk,
+            rows: labels.len(),
+            labelled: &labelled,
+            plan,
+            path,
+            policy,
+        };
+
+        // Phase 1 (column groups): cells and type evidence.
+        let classified = on_groups(
+            groups(&mut self.s.cols, &self.s.features, self.fixed, &self.ranges),
+            |g| classify_group(&ctx, g),
+        );
+        let mut done = Vec::with_capacity(classified.len());
+        let mut errors = Vec::new();
+        for c in classified {
+            match c {
+                Ok(c) => done.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(e) = first_error(errors).or(label_error) {
+            return Err(e);
+        }
+
+        // Phase 2 (whole records, in order): drops, duplicates, labels, the sample's rows.
+        let s = &mut self.s;
+        let mut kept: Vec<(usize, Option<usize>)> = Vec::with_capacity(labels.len());
+        for (r, label) in labels.into_iter().enumerate() {
+            if label.text.is_empty() {
                 s.drops.empty_label += 1;
                 continue;
             }
@@ -511,24 +768,17 @@ pub(super) fn scan(
             {
                 s.rewrites.insert(from.clone(), label.text.to_string());
             }
-            if non_finite_drop {
+            if done.iter().any(|g| g.drops.get(r).copied().unwrap_or(false)) {
                 s.drops.non_finite += 1;
-                for &k in &culprits {
-                    if let Some(col) = s.cols.get_mut(k) {
-                        col.caused_drops = true;
-                    }
-                }
                 continue;
             }
-            if let Some(seen) = seen.as_mut()
-                && !seen.insert(row_key(rec, &features, &label.text))
+            if let Some(seen) = self.seen.as_mut()
+                && !seen.insert(row_key(chunk.row(r), s.features.len(), &label.text))
             {
                 s.drops.duplicates += 1;
                 continue;
             }
-
-            // The row is kept: accumulate statistics.
-            rows_kept += 1;
+            self.rows_kept += 1;
             s.kept += 1;
             if let Some(n) = s.labels.get_mut(label.text.as_ref()) {
                 *n += 1;
@@ -537,48 +787,18 @@ pub(super) fn scan(
             } else {
                 s.labels_overflow = true;
             }
-            for (k, &text) in texts.iter().enumerate() {
-                let (Some(col), Some(&cell), Some(value)) =
-                    (s.cols.get_mut(k), cells.get(k), values.get_mut(k))
-                else {
-                    continue;
-                };
-                *value = f64::NAN;
-                if !col.text_seen {
-                    match cell {
-                        Cell::Finite { v, int } => {
-                            col.num.push(v, int);
-                            *value = v;
-                        }
-                        Cell::NonFinite | Cell::Missing if policy == NonFinitePolicy::Zero => {
-                            col.num.push(0.0, true);
-                            *value = 0.0;
-                        }
-                        _ => {}
-                    }
-                }
-                if !col.texts_overflow {
-                    col.add_text(text);
-                }
-            }
-            if let Some(slot) = s.reservoir.slot() {
-                s.reservoir.put(slot, &values);
-            }
+            kept.push((r, s.reservoir.slot()));
         }
-        if rows_read == 0 {
-            return Err(if plan.header {
-                Error::NoRows { path: path.clone() }
-            } else {
-                Error::EmptyFile { path: path.clone() }
-            });
-        }
-        s.files.push(SourceFile {
-            path: path.display().to_string(),
-            rows_read,
-            rows_kept,
-        });
+
+        // Phase 3 (column groups): statistics of the kept records.
+        let work: Vec<(Group<'_>, &Classified<'_>)> =
+            groups(&mut s.cols, &s.features, None, &self.ranges)
+                .into_iter()
+                .zip(&done)
+                .collect();
+        on_groups(work, |(g, c)| accumulate_group(g, c, &kept, policy));
+        Ok(())
     }
-    Ok(s)
 }
 
 /// Quantiles at probabilities `i / (n-1)` of a sorted sample, linear interpolation between
@@ -623,14 +843,10 @@ pub(super) fn quantile_count(rows: u64) -> usize {
     (rows / 30).clamp(10, 1000) as usize
 }
 
-/// Numeric statistics of feature `k` from its accumulator and the reservoir.
-pub(super) fn numeric_stats(
-    acc: &NumAcc,
-    reservoir: &Reservoir,
-    k: usize,
-    rows: u64,
-) -> NumericStats {
-    let sample = reservoir.column(k);
+/// Numeric statistics of a column from its accumulator and its quantile sample.
+pub(super) fn numeric_stats(col: &ColumnScan, rows: u64) -> NumericStats {
+    let acc = &col.num;
+    let sample = col.sorted_sample();
     NumericStats {
         min: acc.min,
         max: acc.max,
@@ -670,6 +886,37 @@ mod tests {
             assert_eq!(classify(nf), Cell::NonFinite, "{nf}");
         }
         assert_eq!(classify(""), Cell::Missing);
+        // The fast path gives exactly what the float parser gives.
+        for t in [
+            "0.05", "-0", "-0.0", "123456789012345", "0.1", "0.30000000000000004", "9.999999999999999",
+            "-12.5", "007", "1234567890123456", "3.14159265358979", "1e5", "+4", "1.", ".5",
+        ] {
+            let want = t.parse::<f64>().unwrap();
+            match classify(t) {
+                Cell::Finite { v, int } => {
+                    assert_eq!(v.to_bits(), want.to_bits(), "{t}");
+                    assert_eq!(int, is_int_literal(t), "{t}");
+                }
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        // And on many random decimals of every length the fast path takes.
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..200_000 {
+            let digits: u32 = rng.random_range(1..9);
+            let whole: u64 = rng.random_range(0..10u64.pow(digits));
+            let frac_len = rng.random_range(0..8);
+            let frac: u64 = rng.random_range(0..10u64.pow(frac_len as u32).max(1));
+            let t = match frac_len {
+                0 => format!("{whole}"),
+                n => format!("{}{whole}.{frac:0n$}", if rng.random_bool(0.3) { "-" } else { "" }),
+            };
+            let want = t.parse::<f64>().unwrap();
+            let Cell::Finite { v, .. } = classify(&t) else {
+                panic!("{t}");
+            };
+            assert_eq!(v.to_bits(), want.to_bits(), "{t}");
+        }
         for t in ["tcp", "1,5", "0x10", "--1", "+"] {
             assert_eq!(classify(t), Cell::Text, "{t}");
         }
@@ -720,12 +967,14 @@ mod tests {
     fn reservoir_is_deterministic_and_bounded() {
         let run = || {
             let mut r = Reservoir::new();
+            let mut col = ColumnScan::default();
             for i in 0..(QUANTILE_SAMPLE_ROWS as u64 + 5_000) {
                 if let Some(slot) = r.slot() {
-                    r.put(slot, &[i as f64]);
+                    col.sample_at(slot, i as f64);
                 }
             }
-            r.column(0)
+            assert_eq!(r.rows, QUANTILE_SAMPLE_ROWS);
+            col.sorted_sample()
         };
         let a = run();
         assert_eq!(a.len(), QUANTILE_SAMPLE_ROWS);

@@ -3,8 +3,10 @@
 //! Parts are written locally first so that nothing reaches the destination before the whole
 //! conversion has succeeded; the destination then receives the parts and, last, `dataset.json`.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,13 +14,15 @@ use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use indicatif::ProgressBar;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::file::writer::SerializedFileWriter;
 use sha2::{Digest, Sha256};
 
-use super::plan::Plan;
-use super::scan::{Cell, classify, field_text, open_rows, row_key, row_label};
+use super::chunks::{Chunk, Piece, first_error, on_groups, ranges};
+use super::plan::{Label, Plan};
+use super::scan::{Cell, chunk_labels, classify, field_text, row_key};
 use crate::error::{Error, Result};
 use crate::manifest::{LEGACY_MANIFEST_NAME, MANIFEST_NAME, NonFinitePolicy, PartInfo};
 use crate::store::{Location, MULTIPART_THRESHOLD};
@@ -98,8 +102,16 @@ pub(super) struct LocalPart {
     pub info: PartInfo,
 }
 
+/// One part being written. Columns are encoded and compressed in parallel (contiguous column
+/// ranges per thread, as [`ArrowColumnWriter`] allows); the encoded column chunks are then
+/// appended in order, so the file is the one `ArrowWriter` writes with the same settings.
 struct PartWriter {
-    writer: ArrowWriter<HashingFile>,
+    writer: SerializedFileWriter<HashingFile>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// The open row group's column writers and its rows so far.
+    group: Option<(Vec<ArrowColumnWriter>, usize)>,
+    row_group_rows: usize,
     file: PathBuf,
     name: String,
     rows: u64,
@@ -123,34 +135,110 @@ impl PartWriter {
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let writer = ArrowWriter::try_new(
+        // Through `ArrowWriter` so that the file carries the same metadata (the Arrow schema)
+        // as one it writes.
+        let (writer, factory) = ArrowWriter::try_new(
             sink,
             schema.clone(),
             Some(writer_properties(row_group_rows)),
         )
+        .and_then(ArrowWriter::into_serialized_writer)
         .map_err(parquet_err(&file))?;
         Ok(Self {
             writer,
+            factory,
+            schema: schema.clone(),
+            group: None,
+            row_group_rows: row_group_rows.max(1),
             file,
             name,
             rows: 0,
         })
     }
 
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// Encodes `batch` into the open row group (opened if needed), closing the group when it is
+    /// full. A batch never spans two row groups (the caller cuts batches at their boundaries).
+    fn write(&mut self, batch: &RecordBatch, ranges: &[Range<usize>]) -> Result<()> {
+        let location = self.file.clone();
+        let err = parquet_err(&location);
+        let (writers, rows) = match self.group.as_mut() {
+            Some(g) => g,
+            None => {
+                let index = self.writer.flushed_row_groups().len();
+                let writers = self.factory.create_column_writers(index).map_err(&err)?;
+                self.group.insert((writers, 0))
+            }
+        };
+        let fields = self.schema.fields();
+        let mut groups = Vec::with_capacity(ranges.len());
+        let mut rest = writers.as_mut_slice();
+        for range in ranges {
+            let (mine, tail) = rest.split_at_mut(range.len().min(rest.len()));
+            rest = tail;
+            groups.push((range.clone(), mine));
+        }
+        let encoded = on_groups(groups, |(range, writers)| {
+            for (i, w) in range.zip(writers.iter_mut()) {
+                let (Some(field), Some(array)) = (fields.get(i), batch.columns().get(i)) else {
+                    continue;
+                };
+                for leaf in compute_leaves(field, array)? {
+                    w.write(&leaf)?;
+                }
+            }
+            Ok(())
+        });
+        for e in encoded {
+            e.map_err(&err)?;
+        }
+        *rows += batch.num_rows();
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).map_err(parquet_err(&self.file))
+        if *rows >= self.row_group_rows {
+            self.close_group(ranges)?;
+        }
+        Ok(())
     }
 
-    fn finish(mut self) -> Result<LocalPart> {
-        self.writer.flush().map_err(parquet_err(&self.file))?;
+    /// Closes the open row group: the column writers finish their last pages in parallel, then
+    /// the chunks are appended to the file in column order.
+    fn close_group(&mut self, ranges: &[Range<usize>]) -> Result<()> {
+        let Some((writers, _)) = self.group.take() else {
+            return Ok(());
+        };
+        let err = parquet_err(&self.file);
+        let mut groups: Vec<Vec<ArrowColumnWriter>> = Vec::with_capacity(ranges.len());
+        let mut writers = writers.into_iter();
+        for range in ranges {
+            groups.push(writers.by_ref().take(range.len()).collect());
+        }
+        groups.push(writers.collect());
+        let closed = on_groups(groups, |writers| {
+            writers
+                .into_iter()
+                .map(ArrowColumnWriter::close)
+                .collect::<parquet::errors::Result<Vec<_>>>()
+        });
+        let mut group = self.writer.next_row_group().map_err(&err)?;
+        for chunks in closed {
+            for chunk in chunks.map_err(&err)? {
+                chunk.append_to_row_group(&mut group).map_err(&err)?;
+            }
+        }
+        group.close().map_err(&err)?;
+        Ok(())
+    }
+
+    fn finish(mut self, ranges: &[Range<usize>]) -> Result<LocalPart> {
+        self.close_group(ranges)?;
+        let location = self.file.clone();
+        let err = parquet_err(&location);
         let row_groups: Vec<u64> = self
             .writer
             .flushed_row_groups()
             .iter()
             .map(|g| g.num_rows().max(0) as u64)
             .collect();
-        let mut sink = self.writer.into_inner().map_err(parquet_err(&self.file))?;
+        let mut sink = self.writer.into_inner().map_err(&err)?;
         sink.flush()
             .map_err(|e| Error::io(format!("writing {}", self.file.display()), e))?;
         Ok(LocalPart {
@@ -180,135 +268,279 @@ pub(super) struct WriteSpec<'a> {
     pub dedup: bool,
     pub rows_per_part: usize,
     pub row_group_rows: usize,
+    pub threads: usize,
+    /// Check numeric fields for non-finite values again (Drop policy). Not needed when pass 2
+    /// replays exactly the records pass 1 saw and pass 1 dropped none for that reason.
+    pub recheck_non_finite: bool,
 }
 
-/// Pass 2: re-reads the inputs, applies the same row cleaning as pass 1, and writes the kept rows
-/// into parts under `dir`. Returns the parts and the rows kept per input file.
-pub(super) fn write_parts(
-    spec: &WriteSpec<'_>,
-    dir: &Path,
-    bar: &ProgressBar,
-) -> Result<(Vec<LocalPart>, Vec<u64>)> {
-    let plan = spec.plan;
-    let batch_rows = spec.row_group_rows.clamp(1, 16_384);
-    let mut builders: Vec<Builder> = spec.columns.iter().map(|c| Builder::new(c.conv)).collect();
-    let mut in_batch = 0usize;
-    let mut parts: Vec<LocalPart> = Vec::new();
-    let mut part: Option<PartWriter> = None;
-    let mut kept_per_file = Vec::with_capacity(spec.inputs.len());
-    let mut seen: Option<std::collections::HashSet<u128>> = spec.dedup.then(Default::default);
-    let first = spec
-        .inputs
-        .first()
-        .map(PathBuf::as_path)
-        .unwrap_or(Path::new(""));
+/// Pass 2, fed the input piece by piece: applies the same row cleaning as pass 1 and writes the
+/// kept rows into parts under `dir`.
+pub(super) struct PartsWriter<'a> {
+    spec: &'a WriteSpec<'a>,
+    dir: &'a Path,
+    /// Numeric features (feature index, source column): the ones a non-finite value drops a
+    /// record for.
+    numeric: Vec<(usize, usize)>,
+    numeric_ranges: Vec<Range<usize>>,
+    /// Feature index of each output column (unused for the label).
+    out_features: Vec<usize>,
+    out_ranges: Vec<Range<usize>>,
+    batch_rows: usize,
+    builders: Vec<Builder>,
+    in_batch: usize,
+    parts: Vec<LocalPart>,
+    part: Option<PartWriter>,
+    kept_per_file: Vec<u64>,
+    rows_kept: u64,
+    seen: Option<HashSet<u128>>,
+}
 
-    let flush = |builders: &mut Vec<Builder>,
-                 part: &mut Option<PartWriter>,
-                 parts: &mut Vec<LocalPart>|
-     -> Result<()> {
-        let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
+impl<'a> PartsWriter<'a> {
+    pub fn new(spec: &'a WriteSpec<'a>, dir: &'a Path) -> Self {
+        let numeric: Vec<(usize, usize)> = spec
+            .features
+            .iter()
+            .zip(spec.numeric)
+            .enumerate()
+            .filter(|(_, (_, n))| **n)
+            .map(|(k, (&c, _))| (k, c))
+            .collect();
+        let out_features = spec
+            .columns
+            .iter()
+            .map(|col| {
+                spec.features
+                    .iter()
+                    .position(|&f| f == col.source)
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        Self {
+            numeric_ranges: ranges(numeric.len(), spec.threads),
+            numeric,
+            out_features,
+            out_ranges: ranges(spec.columns.len(), spec.threads),
+            batch_rows: spec.row_group_rows.clamp(1, 16_384),
+            builders: spec.columns.iter().map(|c| Builder::new(c.conv)).collect(),
+            in_batch: 0,
+            parts: Vec::new(),
+            part: None,
+            kept_per_file: Vec::with_capacity(spec.inputs.len()),
+            rows_kept: 0,
+            seen: spec.dedup.then(Default::default),
+            spec,
+            dir,
+        }
+    }
+
+    pub fn feed(&mut self, piece: &Piece) -> Result<()> {
+        match piece {
+            Piece::Rows(chunk) => self.chunk(chunk),
+            Piece::FileEnd { .. } => {
+                self.kept_per_file.push(std::mem::take(&mut self.rows_kept));
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes what is left and closes the last part. Returns the parts and the rows kept per
+    /// input file.
+    pub fn finish(mut self) -> Result<(Vec<LocalPart>, Vec<u64>)> {
+        self.flush()?;
+        if let Some(p) = self.part.take() {
+            self.parts.push(p.finish(&self.out_ranges)?);
+        }
+        Ok((self.parts, self.kept_per_file))
+    }
+
+    fn chunk(&mut self, chunk: &Chunk) -> Result<()> {
+        let spec = self.spec;
+        let plan = spec.plan;
+        let path = spec
+            .inputs
+            .get(chunk.file)
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new(""));
+        let (labels, label_error) = chunk_labels(chunk, plan, path);
+        let rows = labels.len();
+
+        // Records with a non-finite value in a numeric column (Drop policy), by column group.
+        let mut bad = vec![false; rows];
+        if spec.policy == NonFinitePolicy::Drop && spec.recheck_non_finite {
+            let found = on_groups(self.numeric_ranges.clone(), |range| {
+                let numeric = self.numeric.get(range).unwrap_or_default();
+                let mut bad = vec![false; rows];
+                for (r, (b, &line)) in bad.iter_mut().zip(&chunk.lines).enumerate() {
+                    let rec = chunk.row(r);
+                    for &(k, c) in numeric {
+                        let text = field_text(rec, k, c, plan, path, line).map_err(|e| (r, k, e))?;
+                        if classify(text).is_non_finite() {
+                            *b = true;
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, (usize, usize, Error)>(bad)
+            });
+            let mut errors = Vec::new();
+            for f in found {
+                match f {
+                    Ok(g) => bad.iter_mut().zip(g).for_each(|(b, g)| *b |= g),
+                    Err(e) => errors.push(e),
+                }
+            }
+            if let Some(e) = first_error(errors) {
+                return Err(e);
+            }
+        }
+        if let Some(e) = label_error {
+            return Err(e);
+        }
+
+        let mut kept: Vec<usize> = Vec::with_capacity(rows);
+        for (r, label) in labels.iter().enumerate() {
+            if label.text.is_empty() || bad.get(r).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some(seen) = self.seen.as_mut()
+                && !seen.insert(row_key(chunk.row(r), spec.features.len(), &label.text))
+            {
+                continue;
+            }
+            kept.push(r);
+        }
+        self.rows_kept += kept.len() as u64;
+
+        // The kept records in runs that end at batch and part boundaries.
+        let mut rest = kept.as_slice();
+        while !rest.is_empty() {
+            let part_rows = self.part.as_ref().map_or(0, |p| p.rows) as usize + self.in_batch;
+            // Batches end at batch, row-group and part boundaries.
+            let group_room = spec.row_group_rows - part_rows % spec.row_group_rows;
+            let room = (self.batch_rows - self.in_batch)
+                .min(group_room)
+                .min(spec.rows_per_part.saturating_sub(part_rows))
+                .max(1);
+            let (run, tail) = rest.split_at(room.min(rest.len()));
+            rest = tail;
+            self.append(chunk, path, &labels, run)?;
+            self.in_batch += run.len();
+            let part_rows = part_rows + run.len();
+            if self.in_batch >= self.batch_rows
+                || part_rows.is_multiple_of(spec.row_group_rows)
+                || part_rows >= spec.rows_per_part
+            {
+                self.flush()?;
+                if part_rows >= spec.rows_per_part
+                    && let Some(p) = self.part.take()
+                {
+                    self.parts.push(p.finish(&self.out_ranges)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends records `run` of `chunk` to the column builders, by column group.
+    fn append(
+        &mut self,
+        chunk: &Chunk,
+        path: &Path,
+        labels: &[Label<'_>],
+        run: &[usize],
+    ) -> Result<()> {
+        let spec = self.spec;
+        let plan = spec.plan;
+        let mut groups = Vec::with_capacity(self.out_ranges.len());
+        let mut builders = self.builders.as_mut_slice();
+        for range in &self.out_ranges {
+            let (mine, tail) = builders.split_at_mut(range.len());
+            builders = tail;
+            groups.push((
+                range.start,
+                spec.columns.get(range.clone()).unwrap_or_default(),
+                self.out_features.get(range.clone()).unwrap_or_default(),
+                mine,
+            ));
+        }
+        let results = on_groups(groups, |(first, columns, features, builders)| {
+            for &r in run {
+                let (Some(&line), Some(label)) = (chunk.lines.get(r), labels.get(r)) else {
+                    continue;
+                };
+                let rec = chunk.row(r);
+                let cols = columns.iter().zip(features).zip(builders.iter_mut());
+                for (j, ((col, &k), builder)) in cols.enumerate() {
+                    let text: &str = if col.is_label {
+                        &label.text
+                    } else {
+                        field_text(rec, k, col.source, plan, path, line)
+                            .map_err(|e| (r, first + j, e))?
+                    };
+                    let bad = || {
+                        let e = Error::InputChanged {
+                            path: path.to_path_buf(),
+                            detail: format!(
+                                "line {line}, column `{}`: `{text}` is not what the first pass \
+                                 read",
+                                plan.name(col.source)
+                            ),
+                        };
+                        (r, first + j, e)
+                    };
+                    match builder {
+                        Builder::Int(b) => match text.parse::<i64>() {
+                            Ok(v) => b.append_value(v),
+                            // Zero policy (Drop removed such rows, Error stopped in pass 1).
+                            Err(_) if !col.is_label && classify(text).is_non_finite() => {
+                                b.append_value(0)
+                            }
+                            Err(_) => return Err(bad()),
+                        },
+                        Builder::Float(b) => match classify(text) {
+                            Cell::Finite { v, .. } => b.append_value(v),
+                            Cell::NonFinite | Cell::Missing if !col.is_label => {
+                                b.append_value(0.0)
+                            }
+                            _ => return Err(bad()),
+                        },
+                        Builder::Str(b) => b.append_value(text),
+                    }
+                }
+            }
+            Ok(())
+        });
+        match first_error(results.into_iter().filter_map(std::result::Result::err)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the builders' rows as one batch of the current part (opened if needed).
+    fn flush(&mut self) -> Result<()> {
+        let spec = self.spec;
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        self.in_batch = 0;
         let batch =
             RecordBatch::try_new(spec.schema.clone(), arrays).map_err(|source| Error::Arrow {
-                location: dir.display().to_string(),
+                location: self.dir.display().to_string(),
                 source,
             })?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if part.is_none() {
-            *part = Some(PartWriter::create(
-                dir,
-                parts.len(),
+        let part = match self.part.as_mut() {
+            Some(p) => p,
+            None => self.part.insert(PartWriter::create(
+                self.dir,
+                self.parts.len(),
                 &spec.schema,
                 spec.row_group_rows,
-            )?);
-        }
-        if let Some(p) = part.as_mut() {
-            p.write(&batch)?;
-        }
-        Ok(())
-    };
-
-    for path in spec.inputs {
-        let mut records = open_rows(path, first, plan, bar)?;
-        let mut kept = 0u64;
-        let changed = |detail: String| Error::InputChanged {
-            path: path.clone(),
-            detail,
+            )?),
         };
-        while let Some(line) = records.next_record()? {
-            let rec = records.record();
-            let label = row_label(rec, plan, path, line)?;
-            if label.text.is_empty() {
-                continue;
-            }
-            if spec.policy == NonFinitePolicy::Drop {
-                let mut drop = false;
-                for (&c, _) in spec.features.iter().zip(spec.numeric).filter(|(_, n)| **n) {
-                    if classify(field_text(rec, c, plan, path, line)?).is_non_finite() {
-                        drop = true;
-                        break;
-                    }
-                }
-                if drop {
-                    continue;
-                }
-            }
-            if let Some(seen) = seen.as_mut()
-                && !seen.insert(row_key(rec, spec.features, &label.text))
-            {
-                continue;
-            }
-            for (col, builder) in spec.columns.iter().zip(builders.iter_mut()) {
-                let text: &str = if col.is_label {
-                    &label.text
-                } else {
-                    field_text(rec, col.source, plan, path, line)?
-                };
-                let bad = || {
-                    changed(format!(
-                        "line {line}, column `{}`: `{text}` is not what the first pass read",
-                        plan.name(col.source)
-                    ))
-                };
-                match builder {
-                    Builder::Int(b) => match text.parse::<i64>() {
-                        Ok(v) => b.append_value(v),
-                        // Zero policy (Drop removed such rows, Error stopped in pass 1).
-                        Err(_) if !col.is_label && classify(text).is_non_finite() => {
-                            b.append_value(0)
-                        }
-                        Err(_) => return Err(bad()),
-                    },
-                    Builder::Float(b) => match classify(text) {
-                        Cell::Finite { v, .. } => b.append_value(v),
-                        Cell::NonFinite | Cell::Missing if !col.is_label => b.append_value(0.0),
-                        _ => return Err(bad()),
-                    },
-                    Builder::Str(b) => b.append_value(text),
-                }
-            }
-            kept += 1;
-            in_batch += 1;
-            let part_rows = part.as_ref().map_or(0, |p| p.rows) + in_batch as u64;
-            if in_batch >= batch_rows || part_rows >= spec.rows_per_part as u64 {
-                flush(&mut builders, &mut part, &mut parts)?;
-                in_batch = 0;
-                if part_rows >= spec.rows_per_part as u64
-                    && let Some(p) = part.take()
-                {
-                    parts.push(p.finish()?);
-                }
-            }
-        }
-        kept_per_file.push(kept);
+        part.write(&batch, &self.out_ranges)
     }
-    flush(&mut builders, &mut part, &mut parts)?;
-    if let Some(p) = part.take() {
-        parts.push(p.finish()?);
-    }
-    Ok((parts, kept_per_file))
 }
 
 /// True for names this converter gives its parts (`part-00000.parquet`), and only those: other

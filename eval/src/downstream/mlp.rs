@@ -65,6 +65,9 @@ fn as_tensor(x: &Matrix) -> Tensor {
     Tensor::from_slice(&x.data).view([x.rows as i64, x.cols as i64])
 }
 
+/// Serialises the use of libtorch's global generator (see [`fit`]).
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Trains on `x` (row-major, encoded) and dense labels `y` in `0..classes`.
 ///
 /// Deterministic for a given seed and thread count: the weights are initialised after
@@ -79,27 +82,35 @@ pub(crate) fn fit(
     if x.rows == 0 {
         return Err("no training rows".into());
     }
-    tch::manual_seed(seed as i64);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut net = nn::seq();
-    let mut width = x.cols as i64;
-    for (i, &h) in opts.hidden.iter().enumerate() {
-        net = net
-            .add(nn::linear(
-                vs.root() / format!("hidden{i}"),
-                width,
-                h as i64,
-                Default::default(),
-            ))
-            .add_fn(|t| t.relu());
-        width = h as i64;
-    }
-    net = net.add(nn::linear(
-        vs.root() / "out",
-        width,
-        classes as i64,
-        Default::default(),
-    ));
+    // The initial weights come from libtorch's process-wide generator: seeding it and drawing
+    // them happen under one lock, so fits running side by side cannot interleave their draws.
+    let (vs, net) = {
+        let _rng = TORCH_RNG
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut net = nn::seq();
+        let mut width = x.cols as i64;
+        for (i, &h) in opts.hidden.iter().enumerate() {
+            net = net
+                .add(nn::linear(
+                    vs.root() / format!("hidden{i}"),
+                    width,
+                    h as i64,
+                    Default::default(),
+                ))
+                .add_fn(|t| t.relu());
+            width = h as i64;
+        }
+        net = net.add(nn::linear(
+            vs.root() / "out",
+            width,
+            classes as i64,
+            Default::default(),
+        ));
+        (vs, net)
+    };
     let mut opt = nn::Adam::default()
         .build(&vs, opts.learning_rate)
         .map_err(|e| e.to_string())?;

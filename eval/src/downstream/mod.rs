@@ -41,6 +41,7 @@ pub use mlp::MlpOptions;
 pub use smote::SmoteOptions;
 
 use crate::error::{Error, Result};
+use crate::stats::par_map;
 use crate::frame::{Encoder, Frame, Matrix, Scaling, Schema, Values, ordinal_matrix};
 use crate::report::{ClassResult, DetectorResult, Downstream, SettingResult, Stat};
 use metrics::Scores;
@@ -246,41 +247,49 @@ pub fn run(
             (Some(f), Some(e)) => Some(f.settings(&ros, &e.encode(&smote))),
             _ => None,
         };
+        // The seed's fits (detector x setting) are independent: they run side by side, each on
+        // one thread (up to `threads` at once), which keeps every core busy through the
+        // single-threaded MLP fits and the serial parts of the others, and makes each fit's
+        // result independent of the thread count.
+        let mut fits = Vec::new();
         for (d, &kind) in detectors.iter().enumerate() {
             let (sets, features) = match kind {
                 DetectorKind::Mlp => (encoded_sets.as_ref(), encoded.as_ref()),
                 _ => (ordinal_sets.as_ref(), ordinal.as_ref()),
             };
-            let (Some(sets), Some(features)) = (sets, features) else {
-                continue;
-            };
+            if let (Some(sets), Some(features)) = (sets, features) {
+                fits.extend((0..SETTINGS.len()).map(|k| (d, kind, sets, features, k)));
+            }
+        }
+        let done: Vec<Result<(Scores, f64)>> = par_map(fits.len(), opts.threads, |i| {
+            let (_, kind, sets, features, k) = fits[i];
+            let setting = SETTINGS[k];
             // One stream per detector kind, whichever detectors are chosen; the same for all four
             // settings of a seed.
             let seed = derive_seed(base, 10 + kind.stream());
-            for (k, setting) in SETTINGS.iter().enumerate() {
-                let t = Instant::now();
-                let (pred, secs) =
-                    fit_predict(kind, &sets[k], &labels[k], &features.test, opts, seed).map_err(
-                        |reason| Error::Detector {
-                            detector: kind.name().to_string(),
-                            setting: setting.to_string(),
-                            reason,
-                        },
-                    )?;
-                let scores = metrics::score(&test.labels, &pred, &eval_classes);
-                tracing::info!(
-                    detector = kind.name(),
-                    setting,
-                    seed = s,
-                    rows = labels[k].len(),
-                    fit_s = format!("{secs:.2}"),
-                    predict_s = format!("{:.2}", t.elapsed().as_secs_f64() - secs),
-                    macro_f1 = format!("{:.4}", scores.macro_f1),
-                    accuracy = format!("{:.4}", scores.accuracy),
-                    "downstream fit"
-                );
-                runs[d][k].push((scores, secs));
-            }
+            let t = Instant::now();
+            let (pred, secs) = fit_predict(kind, &sets[k], &labels[k], &features.test, opts, seed)
+                .map_err(|reason| Error::Detector {
+                    detector: kind.name().to_string(),
+                    setting: setting.to_string(),
+                    reason,
+                })?;
+            let scores = metrics::score(&test.labels, &pred, &eval_classes);
+            tracing::info!(
+                detector = kind.name(),
+                setting,
+                seed = s,
+                rows = labels[k].len(),
+                fit_s = format!("{secs:.2}"),
+                predict_s = format!("{:.2}", t.elapsed().as_secs_f64() - secs),
+                macro_f1 = format!("{:.4}", scores.macro_f1),
+                accuracy = format!("{:.4}", scores.accuracy),
+                "downstream fit"
+            );
+            Ok((scores, secs))
+        });
+        for (&(d, _, _, _, k), result) in fits.iter().zip(done) {
+            runs[d][k].push(result?);
         }
     }
     tracing::info!(
@@ -497,7 +506,8 @@ fn fit_predict(
     let dense_of = |c: u32| present.binary_search(&c).unwrap_or(0) as u32;
     let yd: Vec<u32> = y.iter().map(|&c| dense_of(c)).collect();
     let k = present.len();
-    let threads = opts.threads.max(1);
+    // One thread per fit: `run` runs the fits side by side.
+    let threads = 1;
     let started = Instant::now();
     let (pred, secs) = match kind {
         DetectorKind::RandomForest => {
