@@ -64,6 +64,9 @@ pub(super) struct Chunk {
     label_ends: Vec<u32>,
     /// Physical line number where each record starts.
     pub lines: Vec<u64>,
+    /// Per feature, each record's value as pass 1 parsed it (NaN where it was not a finite
+    /// number); empty until pass 1 attaches them to a chunk it keeps.
+    values: Vec<Vec<f64>>,
 }
 
 /// A chunk being filled by the reader.
@@ -83,6 +86,7 @@ impl Filling {
                 labels: Vec::new(),
                 label_ends: Vec::with_capacity(CHUNK_ROWS),
                 lines: Vec::with_capacity(CHUNK_ROWS),
+                values: Vec::new(),
             },
             data: Vec::new(),
         }
@@ -145,6 +149,22 @@ impl Chunk {
             + self.labels.capacity()
             + 4 * (self.ends.capacity() + self.label_ends.capacity())
             + 8 * self.lines.capacity()
+            + 8 * self.values.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Attaches pass 1's parsed values (one vector per feature, one value per record), so that
+    /// pass 2 does not parse the same text again.
+    pub fn set_values(&mut self, values: Vec<Vec<f64>>) {
+        self.values = values;
+    }
+
+    /// Feature `k`'s finite value in record `r` as pass 1 parsed it, if it was one and was kept.
+    pub fn value(&self, k: usize, r: usize) -> Option<f64> {
+        self.values
+            .get(k)?
+            .get(r)
+            .copied()
+            .filter(|v| v.is_finite())
     }
 
     /// Record `r` (`r < len()`).

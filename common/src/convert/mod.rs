@@ -242,8 +242,11 @@ pub fn convert(
     let bar = progress_bar(opts.progress, total_bytes, "pass 1/2: scanning");
     let mut kept = chunks::Kept::new(opts.memory_budget);
     let mut scanner = scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, None, threads);
-    chunks::stream(inputs, &plan, &bar, |piece| {
-        scanner.feed(&piece)?;
+    chunks::stream(inputs, &plan, &bar, |mut piece| {
+        let values = scanner.feed(&piece)?;
+        if let chunks::Piece::Rows(chunk) = &mut piece {
+            chunk.set_values(values);
+        }
         kept.keep(piece);
         Ok(())
     })?;
@@ -257,7 +260,7 @@ pub fn convert(
         bar.reset();
         let mut again =
             scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, Some(&types), threads);
-        chunks::replay(&kept, inputs, &plan, &bar, |piece| again.feed(piece))?;
+        chunks::replay(&kept, inputs, &plan, &bar, |piece| again.feed(piece).map(drop))?;
         s = again.finish();
     }
     bar.finish_and_clear();

@@ -523,6 +523,9 @@ struct Group<'s> {
 struct Classified<'c> {
     cells: Vec<(Cell, &'c str)>,
     drops: Vec<bool>,
+    /// Per column of the group, each record's finite value (NaN otherwise): kept with the chunk
+    /// for pass 2.
+    values: Vec<Vec<f64>>,
 }
 
 /// Splits the columns into groups over `ranges`.
@@ -555,6 +558,7 @@ fn classify_group<'c>(
 ) -> std::result::Result<Classified<'c>, (usize, usize, Error)> {
     let width = g.cols.len();
     let mut cells = Vec::with_capacity(ctx.rows * width);
+    let mut values: Vec<Vec<f64>> = (0..width).map(|_| Vec::with_capacity(ctx.rows)).collect();
     let mut drops = vec![false; ctx.rows];
     for (r, (drop, (&line, &labelled))) in drops
         .iter_mut()
@@ -567,6 +571,12 @@ fn classify_group<'c>(
             let text = field_text(rec, k, c, ctx.plan, ctx.path, line).map_err(|e| (r, k, e))?;
             let cell = classify(text);
             cells.push((cell, text));
+            if let Some(v) = values.get_mut(j) {
+                v.push(match cell {
+                    Cell::Finite { v, .. } => v,
+                    _ => f64::NAN,
+                });
+            }
             if !labelled {
                 continue;
             }
@@ -604,7 +614,11 @@ fn classify_group<'c>(
             }
         }
     }
-    Ok(Classified { cells, drops })
+    Ok(Classified {
+        cells,
+        drops,
+        values,
+    })
 }
 
 /// Phase 3: statistics and sample values of the kept records `kept` for one group.
@@ -692,7 +706,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    pub fn feed(&mut self, piece: &Piece) -> Result<()> {
+    /// Takes in one piece. For a chunk, returns the values it parsed (per feature, per record;
+    /// NaN where not a finite number), which pass 2 can reuse; nothing for a file's end.
+    pub fn feed(&mut self, piece: &Piece) -> Result<Vec<Vec<f64>>> {
         match piece {
             Piece::Rows(chunk) => self.chunk(chunk),
             Piece::FileEnd { file, rows } => {
@@ -709,7 +725,7 @@ impl<'a> Scanner<'a> {
                     rows_read: *rows,
                     rows_kept: std::mem::take(&mut self.rows_kept),
                 });
-                Ok(())
+                Ok(Vec::new())
             }
         }
     }
@@ -718,7 +734,7 @@ impl<'a> Scanner<'a> {
         self.s
     }
 
-    fn chunk(&mut self, chunk: &Chunk) -> Result<()> {
+    fn chunk(&mut self, chunk: &Chunk) -> Result<Vec<Vec<f64>>> {
         let plan = self.plan;
         let path = self
             .inputs
@@ -797,7 +813,7 @@ impl<'a> Scanner<'a> {
                 .zip(&done)
                 .collect();
         on_groups(work, |(g, c)| accumulate_group(g, c, &kept, policy));
-        Ok(())
+        Ok(done.into_iter().flat_map(|c| c.values).collect())
     }
 }
 

@@ -254,6 +254,9 @@ impl PartWriter {
     }
 }
 
+/// Integers below this magnitude are exact in `f64`.
+const EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
 /// What pass 2 needs besides the plan.
 pub(super) struct WriteSpec<'a> {
     pub inputs: &'a [PathBuf],
@@ -472,6 +475,21 @@ impl<'a> PartsWriter<'a> {
                 let rec = chunk.row(r);
                 let cols = columns.iter().zip(features).zip(builders.iter_mut());
                 for (j, ((col, &k), builder)) in cols.enumerate() {
+                    // A number pass 1 parsed (kept with the chunk) needs no second parse: the
+                    // float as it is, an integer when it is exact (below 2^53).
+                    if !col.is_label {
+                        match (&mut *builder, chunk.value(k, r)) {
+                            (Builder::Float(b), Some(v)) => {
+                                b.append_value(v);
+                                continue;
+                            }
+                            (Builder::Int(b), Some(v)) if v.abs() < EXACT_INT => {
+                                b.append_value(v as i64);
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
                     let text: &str = if col.is_label {
                         &label.text
                     } else {
