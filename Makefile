@@ -31,6 +31,7 @@ bench: build
 	@DATA="$(DATA)" bash bench/quality.sh
 	@DATA="$(DATA)" bash bench/ablation.sh
 	@DATA="$(DATA)" bash bench/sampling.sh
+	@DATA="$(DATA)" bash bench/worker_memory.sh
 
 clean:
 	$(CARGO) clean
