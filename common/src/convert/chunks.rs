@@ -64,6 +64,9 @@ pub(super) struct Chunk {
     label_ends: Vec<u32>,
     /// Physical line number where each record starts.
     pub lines: Vec<u64>,
+    /// Input bytes (as the progress bar counts them) read for this chunk, so that a replay of
+    /// kept chunks advances the bar like a read would.
+    input_bytes: u64,
     /// Per feature, each record's value as pass 1 parsed it (NaN where it was not a finite
     /// number); empty until pass 1 attaches them to a chunk it keeps.
     values: Vec<Vec<f64>>,
@@ -86,6 +89,7 @@ impl Filling {
                 labels: Vec::new(),
                 label_ends: Vec::with_capacity(CHUNK_ROWS),
                 lines: Vec::with_capacity(CHUNK_ROWS),
+                input_bytes: 0,
                 values: Vec::new(),
             },
             data: Vec::new(),
@@ -128,7 +132,8 @@ impl Filling {
         Ok(())
     }
 
-    fn finish(mut self) -> Chunk {
+    fn finish(mut self, input_bytes: u64) -> Chunk {
+        self.chunk.input_bytes = input_bytes;
         self.data.shrink_to_fit();
         self.chunk.text = match String::from_utf8(self.data) {
             Ok(s) => Text::Valid(s),
@@ -281,6 +286,11 @@ fn read_all(inputs: &[PathBuf], plan: &Plan, bar: &ProgressBar, tx: &SyncSender<
             let mut records = open_rows(path, first, plan, bar)?;
             let mut chunk = Filling::new(file, features.len());
             let mut rows = 0u64;
+            let mut read_to = bar.position();
+            let mut progress = || {
+                let at = bar.position();
+                at.saturating_sub(std::mem::replace(&mut read_to, at))
+            };
             while let Some(line) = records.next_record()? {
                 let rec = records.record();
                 check_width(rec.len(), plan, path, line)?;
@@ -288,12 +298,12 @@ fn read_all(inputs: &[PathBuf], plan: &Plan, bar: &ProgressBar, tx: &SyncSender<
                 rows += 1;
                 if chunk.full() {
                     let full = std::mem::replace(&mut chunk, Filling::new(file, features.len()));
-                    if tx.send(Ok(Piece::Rows(full.finish()))).is_err() {
+                    if tx.send(Ok(Piece::Rows(full.finish(progress())))).is_err() {
                         return Ok(false);
                     }
                 }
             }
-            if chunk.len() > 0 && tx.send(Ok(Piece::Rows(chunk.finish()))).is_err() {
+            if chunk.len() > 0 && tx.send(Ok(Piece::Rows(chunk.finish(progress())))).is_err() {
                 return Ok(false);
             }
             Ok(tx.send(Ok(Piece::FileEnd { file, rows })).is_ok())
@@ -352,7 +362,12 @@ pub(super) fn replay(
     mut each: impl FnMut(&Piece) -> Result<()>,
 ) -> Result<()> {
     match kept.pieces() {
-        Some(pieces) => pieces.iter().try_for_each(each),
+        Some(pieces) => pieces.iter().try_for_each(|piece| {
+            if let Piece::Rows(chunk) = piece {
+                bar.inc(chunk.input_bytes);
+            }
+            each(piece)
+        }),
         None => stream(inputs, plan, bar, |p| each(&p)),
     }
 }

@@ -211,7 +211,10 @@ impl PartWriter {
         for range in ranges {
             groups.push(writers.by_ref().take(range.len()).collect());
         }
-        groups.push(writers.collect());
+        let rest: Vec<ArrowColumnWriter> = writers.collect();
+        if !rest.is_empty() {
+            groups.push(rest);
+        }
         let closed = on_groups(groups, |writers| {
             writers
                 .into_iter()
