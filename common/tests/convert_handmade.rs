@@ -805,3 +805,37 @@ fn random_inputs_never_panic() {
         "only {ok} random inputs converted; the generator is too hostile to test much"
     );
 }
+
+#[test]
+fn a_column_that_shows_text_only_late_gets_its_whole_vocabulary() {
+    // `code` looks numeric for 10,000 rows (several chunks), then holds text: it is categorical,
+    // and its vocabulary must hold the early numbers' texts too, whether the input is kept in
+    // memory for the second look or read again.
+    let case = Case::new();
+    let mut csv = String::from("code,x,label\n");
+    for i in 0..10_000 {
+        // The first chunk's codes (0-6) never come again after it.
+        let code = if i < 4_096 { i % 7 } else { 100 + i % 3 };
+        csv.push_str(&format!("{code},{i},{}\n", if i % 2 == 0 { "a" } else { "b" }));
+    }
+    csv.push_str("tcp,5,a\n");
+    let input = case.file("late_text.csv", csv.as_bytes());
+    let mut manifests = Vec::new();
+    for memory_budget in [usize::MAX, 0] {
+        let o = ConvertOptions {
+            memory_budget,
+            overwrite: true,
+            ..generic()
+        };
+        let m = case.convert(std::slice::from_ref(&input), &o).unwrap();
+        let code = col(&m, "code");
+        assert_eq!(code.role, ColumnRole::Categorical);
+        assert_eq!(
+            code.vocabulary.as_deref().unwrap(),
+            ["0", "1", "100", "101", "102", "2", "3", "4", "5", "6", "tcp"]
+        );
+        assert_eq!(col(&m, "x").role, ColumnRole::Numeric);
+        manifests.push(m);
+    }
+    assert_eq!(manifests[0], manifests[1]);
+}

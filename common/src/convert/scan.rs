@@ -6,7 +6,9 @@
 //! the types while streaming: a NaN in a numeric column drops the row, a NaN in a text column is
 //! just a category. The scan therefore decides with the types known *so far* and notes when such
 //! a decision could have been wrong (a column that dropped rows turned out to be text, or a
-//! column held an empty value before its first number). Only then is the scan repeated with
+//! column held an empty value before its first number). Likewise a column's distinct texts (its
+//! vocabulary, if it is categorical) are collected only once it has shown text, so a column whose
+//! first text comes after kept rows also needs the second look. Only then is the scan repeated with
 //! the types fixed from the first run, so ordinary files take two passes in total and unusual
 //! ones three, and the result is always exact.
 
@@ -349,10 +351,14 @@ pub(super) struct ColumnScan {
     unresolved_non_finite: bool,
     /// Rows were dropped because of a non-finite value here while it looked numeric.
     caused_drops: bool,
+    /// Kept rows whose text was not collected because the column looked numeric then (the
+    /// texts are only needed for a categorical column; see [`Scan::needs_rerun`]).
+    untracked_texts: bool,
     /// First non-finite value (file index, line, text), for the Error policy.
     pub first_non_finite: Option<(usize, u64, String)>,
     pub num: NumAcc,
-    /// Distinct trimmed texts over kept rows, at most `VOCABULARY_CAP`.
+    /// Distinct trimmed texts over kept rows, at most `VOCABULARY_CAP`; collected only while the
+    /// column may be categorical (complete when `!untracked_texts` or the types were fixed).
     pub texts: FastSet<Box<str>>,
     pub texts_overflow: bool,
     /// The previous kept row's text (a buffer reused row after row): repeats skip the set.
@@ -471,11 +477,18 @@ impl Scan {
     /// True when a streaming decision may have been wrong and the scan must be repeated with the
     /// types now known.
     pub fn needs_rerun(&self) -> bool {
-        self.tentative
-            && self.policy == NonFinitePolicy::Drop
+        let drops_may_be_wrong = self.policy == NonFinitePolicy::Drop
             && self.cols.iter().any(|c| {
                 (c.is_numeric() && c.unresolved_non_finite) || (!c.is_numeric() && c.caused_drops)
-            })
+            });
+        // Texts are collected only once a column shows text (a numeric column, by far the most
+        // common, needs none, and collecting them cost a quarter of the scan); a column whose
+        // first text came after kept rows lacks those rows' texts.
+        let texts_incomplete = self
+            .cols
+            .iter()
+            .any(|c| !c.is_numeric() && c.untracked_texts);
+        self.tentative && (drops_may_be_wrong || texts_incomplete)
     }
 
     /// Under the Error policy, the first non-finite value in a numeric column.
@@ -631,6 +644,15 @@ fn accumulate_group(
     let width = g.cols.len();
     // Column by column: one column's state stays hot and its branches predictable.
     for (j, col) in g.cols.iter_mut().enumerate() {
+        // Texts matter only for a categorical column: with the types fixed, collect them for
+        // those; while streaming, once a column has shown text.
+        let collect_texts = match g.fixed {
+            Some(types) => !types.get(j).copied().unwrap_or(false),
+            None => col.text_seen,
+        };
+        if !collect_texts && !kept.is_empty() {
+            col.untracked_texts = true;
+        }
         for &(r, slot) in kept {
             let Some(&(cell, text)) = classified.cells.get(r * width + j) else {
                 continue;
@@ -649,7 +671,7 @@ fn accumulate_group(
                     _ => {}
                 }
             }
-            if !col.texts_overflow {
+            if collect_texts && !col.texts_overflow {
                 col.add_text(text);
             }
             if let Some(slot) = slot {
@@ -808,7 +830,7 @@ impl<'a> Scanner<'a> {
 
         // Phase 3 (column groups): statistics of the kept records.
         let work: Vec<(Group<'_>, &Classified<'_>)> =
-            groups(&mut s.cols, &s.features, None, &self.ranges)
+            groups(&mut s.cols, &s.features, self.fixed, &self.ranges)
                 .into_iter()
                 .zip(&done)
                 .collect();
