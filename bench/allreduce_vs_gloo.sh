@@ -35,10 +35,11 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "bench: round $round/$ROUNDS done" >&2
 done
 
-machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$out" "$ROUNDS" "$machine" <<'EOF'
+python3 - "$out" "$ROUNDS" <<'EOF'
 import json, statistics, sys, datetime, textwrap
-out, rounds, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, "bench")
+from record_section import machine as this_machine, record
+out, rounds, machine = sys.argv[1], int(sys.argv[2]), this_machine()
 def load(name):
     rows = {}
     for line in open(f"{out}/{name}.jsonl"):
@@ -73,7 +74,5 @@ intro = (
     "one run compare like with like."
 )
 section = "## All-reduce vs torch.distributed gloo\n\n" + textwrap.fill(intro, 100) + "\n\n" + table + "\n"
-sys.path.insert(0, "bench")
-from record_section import record
 record(section)
 EOF

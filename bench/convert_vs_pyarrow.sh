@@ -45,11 +45,12 @@ print(float(m.group(1)) / (1000 if m.group(2) == "ms" else 1))' <<<"$log")
 run_case cic-ids-2017 cic-ids-2017 "$DATA/cic-ids-2017/cicids2017_improved_rnd5000.csv.gz"
 run_case nsl-kdd nsl-kdd "$DATA/nsl-kdd/KDDTrain+.txt.gz" --no-header
 
-machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-PYTHONPATH="$py" python3 - "$out" "$REPEAT" "$machine" <<'PYEOF'
+PYTHONPATH="$py" python3 - "$out" "$REPEAT" <<'PYEOF'
 import datetime, json, statistics, sys, textwrap
 import pyarrow
-out, repeat, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, "bench")
+from record_section import machine as this_machine, record
+out, repeat, machine = sys.argv[1], int(sys.argv[2]), this_machine()
 t = {}
 for line in open(f"{out}/times.tsv"):
     name, impl, inner, whole = line.split("\t")
@@ -87,7 +88,5 @@ intro = (
     f"Run on {date}, {machine}."
 )
 section = "## `convert` vs pyarrow\n\n" + textwrap.fill(intro, 100) + "\n\n" + table + "\n"
-sys.path.insert(0, "bench")
-from record_section import record
 record(section)
 PYEOF

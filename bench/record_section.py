@@ -1,9 +1,22 @@
-"""Puts a generated section into bench/RESULTS.md: `record(section)` replaces the section with the
-same `## ` title (up to the next `## ` heading), or appends it when there is none yet. The bench
-scripts' Python steps import it (run from the repository root)."""
+"""Shared by the bench scripts' Python steps (run from the repository root, with `bench` on
+`sys.path`): `machine()` describes this machine for a results table, and `record(section)` puts a
+generated section into bench/RESULTS.md, replacing the section with the same `## ` title (up to
+the next `## ` heading) or appending it when there is none yet."""
+import os
 import pathlib
 import re
 import sys
+
+
+def machine():
+    """`2 vCPU AMD EPYC, 23 GiB`: cores, CPU model (without its core count), memory."""
+    model = "unknown CPU"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = re.sub(r" \d+-Core Processor", "", line.split(":", 1)[1].strip())
+            break
+    mem_kb = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    return f"{os.cpu_count()} vCPU {model}, {mem_kb // (1024 * 1024)} GiB"
 
 
 def record(section, path="bench/RESULTS.md"):

@@ -53,10 +53,12 @@ for rows in "$ROWS_SMALL" "$ROWS_LARGE"; do
   echo "== $rows rows: peak RSS $rss KB" >&2
 done
 
-machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$out" "$ROUNDS" "$machine" "$DEFAULT_STEPS" <<'PYEOF'
+python3 - "$out" "$ROUNDS" "$DEFAULT_STEPS" <<'PYEOF'
 import datetime, json, statistics, sys, textwrap
-out, rounds, machine, default = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, "bench")
+from record_section import machine as this_machine, record
+out, rounds, default = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+machine = this_machine()
 runs = {}
 for line in open(f"{out}/runs.tsv"):
     steps, sample, report = line.strip().split("\t")
@@ -106,7 +108,5 @@ intro = (
 section = ("## Sampling: default steps vs 50-step Heun, memory\n\n" + textwrap.fill(intro, 100)
            + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(mem) + "\n")
 print(section)
-sys.path.insert(0, "bench")
-from record_section import record
 record(section)
 PYEOF

@@ -44,11 +44,13 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "bench: round $round/$ROUNDS done" >&2
 done
 
-machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$out" "$ROUNDS" "$machine" "$ROWS" "$BATCH" "$EPOCHS" <<'EOF'
+python3 - "$out" "$ROUNDS" "$ROWS" "$BATCH" "$EPOCHS" <<'EOF'
 import json, statistics, sys, datetime, textwrap
 import torch
-out, rounds, machine, rows, batch, epochs = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+sys.path.insert(0, "bench")
+from record_section import machine as this_machine, record
+out, rounds, rows, batch, epochs = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+machine = this_machine()
 runs = {}
 for line in open(f"{out}/epochs.jsonl"):
     d = json.loads(line)
@@ -80,7 +82,5 @@ intro = (
     f"{epochs} over {rounds} rounds (the two alternate within a round). Run on {date}, {machine}."
 )
 section = "## Training throughput vs PyTorch eager\n\n" + textwrap.fill(intro, 100) + "\n\n" + table + "\n"
-sys.path.insert(0, "bench")
-from record_section import record
 record(section)
 EOF

@@ -36,10 +36,11 @@ PYEOF
   echo "== $rows rows: peak RSS $rss KB" >&2
 done
 
-machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/ [0-9]*-Core Processor//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$out" "$machine" <<'PYEOF'
+python3 - "$out" <<'PYEOF'
 import datetime, sys, textwrap
-out, machine = sys.argv[1], sys.argv[2]
+sys.path.insert(0, "bench")
+from record_section import machine as this_machine, record
+out, machine = sys.argv[1], this_machine()
 rows = [line.split("\t") for line in open(f"{out}/memory.tsv").read().splitlines()]
 lines = ["| dataset rows | peak RSS MiB |", "|---:|---:|"]
 lines += [f"| {int(n):,} | {int(kb) / 1024:,.0f} |" for n, kb in rows]
@@ -54,7 +55,5 @@ intro = (
 section = ("## Training worker memory against dataset size\n\n" + textwrap.fill(intro, 100)
            + "\n\n" + "\n".join(lines) + "\n")
 print(section)
-sys.path.insert(0, "bench")
-from record_section import record
 record(section)
 PYEOF

@@ -816,7 +816,10 @@ fn a_column_that_shows_text_only_late_gets_its_whole_vocabulary() {
     for i in 0..10_000 {
         // The first chunk's codes (0-6) never come again after it.
         let code = if i < 4_096 { i % 7 } else { 100 + i % 3 };
-        csv.push_str(&format!("{code},{i},{}\n", if i % 2 == 0 { "a" } else { "b" }));
+        csv.push_str(&format!(
+            "{code},{i},{}\n",
+            if i % 2 == 0 { "a" } else { "b" }
+        ));
     }
     csv.push_str("tcp,5,a\n");
     let input = case.file("late_text.csv", csv.as_bytes());
@@ -832,7 +835,9 @@ fn a_column_that_shows_text_only_late_gets_its_whole_vocabulary() {
         assert_eq!(code.role, ColumnRole::Categorical);
         assert_eq!(
             code.vocabulary.as_deref().unwrap(),
-            ["0", "1", "100", "101", "102", "2", "3", "4", "5", "6", "tcp"]
+            [
+                "0", "1", "100", "101", "102", "2", "3", "4", "5", "6", "tcp"
+            ]
         );
         assert_eq!(col(&m, "x").role, ColumnRole::Numeric);
         manifests.push(m);

@@ -636,7 +636,10 @@ fn thread_count_and_memory_budget_do_not_change_the_dataset() {
                 ..base.clone()
             },
         );
-        assert_eq!(m, reference, "threads {threads}, memory budget {memory_budget}");
+        assert_eq!(
+            m, reference,
+            "threads {threads}, memory budget {memory_budget}"
+        );
     }
 }
 

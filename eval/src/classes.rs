@@ -7,12 +7,12 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
 use crate::detection::logistic_detection;
-use crate::stats::par_map;
 use crate::downstream::{self, DownstreamOptions};
 use crate::error::Result;
 use crate::fidelity;
 use crate::frame::{Encoder, Frame, Schema, Values};
 use crate::report::ClassFidelity;
+use crate::stats::par_map;
 
 /// Real training rows per class the agreement judge is trained on (a seeded subset of larger
 /// classes), so a class with 20 rows next to one with 60,000 still gets a say in the trees.

@@ -113,7 +113,13 @@ pub fn per_row(
     width: usize,
     draw: impl Fn(&mut Stream, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    per_row_on(tch::get_num_threads().max(1) as usize, key, row_ids, width, draw)
+    per_row_on(
+        tch::get_num_threads().max(1) as usize,
+        key,
+        row_ids,
+        width,
+        draw,
+    )
 }
 
 /// [`per_row`] on at most `threads` threads.

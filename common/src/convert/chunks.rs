@@ -12,6 +12,7 @@
 //! whatever the thread count; the decisions that need a whole row (dropping it, duplicates, the
 //! quantile sample) are made between the column phases on one thread.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 
 /// Records per chunk: enough that hand-offs between threads cost nothing, few enough that a
 /// chunk's fields stay in the cache while its column groups go over them.
-pub(super) const CHUNK_ROWS: usize = 4096;
+const CHUNK_ROWS: usize = 4096;
 /// A chunk is also closed at this many bytes of field text, so wide or long-text inputs do not
 /// make huge chunks (and field offsets fit in `u32`).
 const CHUNK_BYTES: usize = 16 << 20;
@@ -67,8 +68,9 @@ pub(super) struct Chunk {
     /// Input bytes (as the progress bar counts them) read for this chunk, so that a replay of
     /// kept chunks advances the bar like a read would.
     input_bytes: u64,
-    /// Per feature, each record's value as pass 1 parsed it (NaN where it was not a finite
-    /// number); empty until pass 1 attaches them to a chunk it keeps.
+    /// Per feature, each record's numeric value as pass 1 counted it in the statistics (NaN
+    /// where it counted none, or the record was not kept); empty until pass 1 attaches them to
+    /// a chunk it keeps.
     values: Vec<Vec<f64>>,
 }
 
@@ -120,12 +122,12 @@ impl Filling {
         };
         let c = &mut self.chunk;
         for &f in features {
-            self.data
-                .extend_from_slice(rec.get(f).unwrap_or_default());
+            self.data.extend_from_slice(rec.get(f).unwrap_or_default());
             c.ends
                 .push(u32::try_from(self.data.len()).map_err(|_| too_long())?);
         }
-        c.labels.extend_from_slice(rec.get(label).unwrap_or_default());
+        c.labels
+            .extend_from_slice(rec.get(label).unwrap_or_default());
         c.label_ends
             .push(u32::try_from(c.labels.len()).map_err(|_| too_long())?);
         c.lines.push(line);
@@ -157,13 +159,13 @@ impl Chunk {
             + 8 * self.values.iter().map(Vec::capacity).sum::<usize>()
     }
 
-    /// Attaches pass 1's parsed values (one vector per feature, one value per record), so that
-    /// pass 2 does not parse the same text again.
+    /// Attaches pass 1's values (one vector per feature, one value per record), so that pass 2
+    /// does not parse the same text again.
     pub fn set_values(&mut self, values: Vec<Vec<f64>>) {
         self.values = values;
     }
 
-    /// Feature `k`'s finite value in record `r` as pass 1 parsed it, if it was one and was kept.
+    /// Feature `k`'s value in record `r` as pass 1 counted it, if it counted a finite one.
     pub fn value(&self, k: usize, r: usize) -> Option<f64> {
         self.values
             .get(k)?
@@ -204,13 +206,18 @@ pub(super) struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
-    fn range(&self, k: usize) -> Option<std::ops::Range<usize>> {
+    fn range(&self, k: usize) -> Option<Range<usize>> {
         let end = *self.ends.get(k)?;
         let start = match k.checked_sub(1) {
             Some(prev) => *self.ends.get(prev)?,
             None => self.start,
         };
         Some(start as usize..end as usize)
+    }
+
+    /// Feature fields in the record.
+    pub fn features(&self) -> usize {
+        self.ends.len()
     }
 
     /// Feature field `k` (the `k`-th of the plan's features), `None` beyond them.
@@ -238,7 +245,10 @@ impl<'a> Row<'a> {
 pub(super) enum Piece {
     Rows(Chunk),
     /// File `file` is read to the end; it held `rows` records after its header.
-    FileEnd { file: usize, rows: u64 },
+    FileEnd {
+        file: usize,
+        rows: u64,
+    },
 }
 
 /// Reads every input on a second thread and hands its pieces to `each` on this one, in order.
@@ -264,10 +274,9 @@ pub(super) fn stream(
         }
         // The reader's next send fails once the receiver is gone, and it stops.
         drop(rx);
-        if reader.join().is_err() {
-            return Err(Error::InvalidOptions {
-                reason: "the CSV reader thread panicked".into(),
-            });
+        // A panic in the reader is a bug; re-raise it here rather than lose it.
+        if let Err(p) = reader.join() {
+            std::panic::resume_unwind(p);
         }
         result
     })
@@ -347,6 +356,11 @@ impl Kept {
         }
     }
 
+    /// Whether pieces are still kept (the budget has not been exceeded so far).
+    pub fn keeping(&self) -> bool {
+        self.pieces.is_some()
+    }
+
     /// The whole input, when it fit.
     pub fn pieces(&self) -> Option<&[Piece]> {
         self.pieces.as_deref()
@@ -373,7 +387,7 @@ pub(super) fn replay(
 }
 
 /// Splits `0..n` into at most `threads` contiguous ranges of near-equal length (none empty).
-pub(super) fn ranges(n: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+pub(super) fn ranges(n: usize, threads: usize) -> Vec<Range<usize>> {
     let parts = threads.clamp(1, n.max(1));
     (0..parts)
         .map(|i| (i * n / parts)..((i + 1) * n / parts))
@@ -404,12 +418,37 @@ pub(super) fn on_groups<G: Send, T: Send>(groups: Vec<G>, f: impl Fn(G) -> T + S
     })
 }
 
-/// The earliest of errors found by different column groups, by (row, column) position.
-pub(super) fn first_error(errors: impl IntoIterator<Item = (usize, usize, Error)>) -> Option<Error> {
-    errors
-        .into_iter()
-        .min_by_key(|(row, col, _)| (*row, *col))
-        .map(|(_, _, e)| e)
+/// Splits `items` into consecutive mutable pieces of the lengths of `ranges` (what `ranges`
+/// returned for `items.len()`), one per column group.
+pub(super) fn split_by<'a, T>(mut items: &'a mut [T], ranges: &[Range<usize>]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (mine, rest) = items.split_at_mut(r.len().min(items.len()));
+        items = rest;
+        out.push(mine);
+    }
+    out
+}
+
+/// An error a column group found, with its (row, column) position in the chunk.
+pub(super) type GroupError = (usize, usize, Error);
+
+/// The groups' results in order, or the earliest error any group found, by (row, column)
+/// position: the one a serial pass would have stopped at.
+pub(super) fn all_ok<T>(results: Vec<std::result::Result<T, GroupError>>) -> Result<Vec<T>> {
+    let mut done = Vec::with_capacity(results.len());
+    let mut first: Option<GroupError> = None;
+    for r in results {
+        match r {
+            Ok(t) => done.push(t),
+            Err(e) if first.as_ref().is_none_or(|f| (e.0, e.1) < (f.0, f.1)) => first = Some(e),
+            Err(_) => {}
+        }
+    }
+    match first {
+        Some((_, _, e)) => Err(e),
+        None => Ok(done),
+    }
 }
 
 #[cfg(test)]
@@ -434,7 +473,16 @@ mod tests {
         let out = on_groups((0..5).collect(), |g: usize| g * 10);
         assert_eq!(out, [0, 10, 20, 30, 40]);
         let e = |n: &str| Error::InvalidOptions { reason: n.into() };
-        let got = first_error([(3, 0, e("a")), (1, 7, e("b")), (1, 2, e("c"))]).unwrap();
+        let got = all_ok::<()>(vec![
+            Err((3, 0, e("a"))),
+            Err((1, 7, e("b"))),
+            Err((1, 2, e("c"))),
+        ])
+        .unwrap_err();
         assert!(got.to_string().contains('c'), "{got}");
+        assert_eq!(all_ok(vec![Ok::<_, GroupError>(1), Ok(2)]).unwrap(), [1, 2]);
+        let mut items = [1, 2, 3, 4, 5];
+        let pieces = split_by(&mut items, &ranges(5, 2));
+        assert_eq!(pieces.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 3]);
     }
 }

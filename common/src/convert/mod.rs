@@ -15,9 +15,9 @@
 //!    std, capped distinct counts, vocabularies, class counts, constant columns, and a seeded
 //!    uniform row sample for the quantiles. Statistics are global, fitted once over the whole
 //!    dataset, so every training worker applies the same transforms.
-//! 2. **Pass 2** ([`write`]) goes over the records again, applies the same cleaning, and writes the kept
-//!    columns with their final types into Parquet parts in a local temporary directory, hashing
-//!    each part as it is written.
+//! 2. **Pass 2** ([`write`]) goes over the records again, applies the same cleaning, and writes
+//!    the kept columns with their final types into Parquet parts in a local temporary directory,
+//!    hashing each part as it is written.
 //! 3. **Publish**: only after both passes succeeded are the parts uploaded to the destination and
 //!    `_dataset.json` written last; a failed upload removes what it uploaded. A dataset therefore
 //!    exists exactly when its manifest does, and no manifest describes a partial dataset.
@@ -243,7 +243,7 @@ pub fn convert(
     let mut kept = chunks::Kept::new(opts.memory_budget);
     let mut scanner = scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, None, threads);
     chunks::stream(inputs, &plan, &bar, |mut piece| {
-        let values = scanner.feed(&piece)?;
+        let values = scanner.feed(&piece, kept.keeping())?;
         if let chunks::Piece::Rows(chunk) = &mut piece {
             chunk.set_values(values);
         }
@@ -258,9 +258,17 @@ pub fn convert(
         );
         let types = s.numeric_types();
         bar.reset();
-        let mut again =
-            scan::Scanner::new(inputs, &plan, opts.non_finite, opts.dedup, Some(&types), threads);
-        chunks::replay(&kept, inputs, &plan, &bar, |piece| again.feed(piece).map(drop))?;
+        let mut again = scan::Scanner::new(
+            inputs,
+            &plan,
+            opts.non_finite,
+            opts.dedup,
+            Some(&types),
+            threads,
+        );
+        chunks::replay(&kept, inputs, &plan, &bar, |piece| {
+            again.feed(piece, false).map(drop)
+        })?;
         s = again.finish();
     }
     bar.finish_and_clear();

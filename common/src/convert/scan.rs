@@ -6,11 +6,11 @@
 //! the types while streaming: a NaN in a numeric column drops the row, a NaN in a text column is
 //! just a category. The scan therefore decides with the types known *so far* and notes when such
 //! a decision could have been wrong (a column that dropped rows turned out to be text, or a
-//! column held an empty value before its first number). Likewise a column's distinct texts (its
-//! vocabulary, if it is categorical) are collected only once it has shown text, so a column whose
-//! first text comes after kept rows also needs the second look. Only then is the scan repeated with
-//! the types fixed from the first run, so ordinary files take two passes in total and unusual
-//! ones three, and the result is always exact.
+//! column held an empty value before its first number). Likewise a column's distinct texts
+//! (its vocabulary, if it is categorical) are collected only once it has shown text, so a column
+//! whose first text comes after kept rows also needs the second look. Only then is the scan
+//! repeated with the types fixed from the first run, so ordinary files take two passes in total
+//! and unusual ones three, and the result is always exact.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
@@ -21,7 +21,7 @@ use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::chunks::{Chunk, Piece, Row, first_error, on_groups, ranges};
+use super::chunks::{Chunk, GroupError, Piece, Row, all_ok, on_groups, ranges, split_by};
 use super::input::Records;
 use super::plan::{Label, Plan, normalise_label};
 use super::{DISTINCT_CAP, QUANTILE_SAMPLE_ROWS, VOCABULARY_CAP};
@@ -159,7 +159,7 @@ pub(super) fn field_text<'r>(
 /// 128-bit fingerprint of a row's kept-by-name fields (trimmed) and normalised label, for
 /// exact-duplicate removal. Two independent 64-bit SipHashes make a collision between distinct
 /// rows negligible even for 10^9 rows.
-pub(super) fn row_key(rec: Row<'_>, features: usize, label: &str) -> u128 {
+pub(super) fn row_key(rec: Row<'_>, label: &str) -> u128 {
     let mut a = std::hash::DefaultHasher::new();
     let mut b = std::hash::DefaultHasher::new();
     b.write_u64(0x9e37_79b9_7f4a_7c15);
@@ -170,25 +170,18 @@ pub(super) fn row_key(rec: Row<'_>, features: usize, label: &str) -> u128 {
         b.write(bytes);
     };
     add(label.as_bytes());
-    for k in 0..features {
+    for k in 0..rec.features() {
         add(rec.feature(k).unwrap_or_default().trim_ascii());
     }
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 /// A record's normalised label; the error names file, line and column.
-fn row_label<'r>(
-    rec: Row<'r>,
-    plan: &Plan,
-    path: &Path,
-    line: u64,
-) -> Result<Label<'r>> {
-    normalise_label(rec.label(), plan.repair_labels).ok_or_else(|| {
-        Error::NotUtf8 {
-            path: path.to_path_buf(),
-            line,
-            column: plan.name(plan.label).to_string(),
-        }
+fn row_label<'r>(rec: Row<'r>, plan: &Plan, path: &Path, line: u64) -> Result<Label<'r>> {
+    normalise_label(rec.label(), plan.repair_labels).ok_or_else(|| Error::NotUtf8 {
+        path: path.to_path_buf(),
+        line,
+        column: plan.name(plan.label).to_string(),
     })
 }
 
@@ -514,8 +507,7 @@ impl Scan {
 /// What every column group of one chunk shares.
 struct ChunkCtx<'c> {
     chunk: &'c Chunk,
-    /// Records of the chunk to process (those before the first label error).
-    rows: usize,
+    /// Whether each record to process has a label (the records before the first label error).
     labelled: &'c [bool],
     plan: &'c Plan,
     path: &'c Path,
@@ -536,9 +528,6 @@ struct Group<'s> {
 struct Classified<'c> {
     cells: Vec<(Cell, &'c str)>,
     drops: Vec<bool>,
-    /// Per column of the group, each record's finite value (NaN otherwise): kept with the chunk
-    /// for pass 2.
-    values: Vec<Vec<f64>>,
 }
 
 /// Splits the columns into groups over `ranges`.
@@ -548,19 +537,16 @@ fn groups<'s>(
     fixed: Option<&'s [bool]>,
     ranges: &[Range<usize>],
 ) -> Vec<Group<'s>> {
-    let mut out = Vec::with_capacity(ranges.len());
-    let mut rest = cols;
-    for r in ranges {
-        let (mine, tail) = rest.split_at_mut(r.len());
-        rest = tail;
-        out.push(Group {
+    split_by(cols, ranges)
+        .into_iter()
+        .zip(ranges)
+        .map(|(cols, r)| Group {
             first: r.start,
-            cols: mine,
+            cols,
             sources: sources.get(r.clone()).unwrap_or_default(),
             fixed: fixed.and_then(|f| f.get(r.clone())),
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// Phase 1: classifies the group's cells and updates the type evidence from labelled records.
@@ -568,11 +554,10 @@ fn groups<'s>(
 fn classify_group<'c>(
     ctx: &ChunkCtx<'c>,
     g: Group<'_>,
-) -> std::result::Result<Classified<'c>, (usize, usize, Error)> {
-    let width = g.cols.len();
-    let mut cells = Vec::with_capacity(ctx.rows * width);
-    let mut values: Vec<Vec<f64>> = (0..width).map(|_| Vec::with_capacity(ctx.rows)).collect();
-    let mut drops = vec![false; ctx.rows];
+) -> std::result::Result<Classified<'c>, GroupError> {
+    let rows = ctx.labelled.len();
+    let mut cells = Vec::with_capacity(rows * g.cols.len());
+    let mut drops = vec![false; rows];
     for (r, (drop, (&line, &labelled))) in drops
         .iter_mut()
         .zip(ctx.chunk.lines.iter().zip(ctx.labelled))
@@ -584,12 +569,6 @@ fn classify_group<'c>(
             let text = field_text(rec, k, c, ctx.plan, ctx.path, line).map_err(|e| (r, k, e))?;
             let cell = classify(text);
             cells.push((cell, text));
-            if let Some(v) = values.get_mut(j) {
-                v.push(match cell {
-                    Cell::Finite { v, .. } => v,
-                    _ => f64::NAN,
-                });
-            }
             if !labelled {
                 continue;
             }
@@ -627,23 +606,29 @@ fn classify_group<'c>(
             }
         }
     }
-    Ok(Classified {
-        cells,
-        drops,
-        values,
-    })
+    Ok(Classified { cells, drops })
 }
 
-/// Phase 3: statistics and sample values of the kept records `kept` for one group.
+/// Phase 3: statistics and sample values of the kept records `kept` for one group. With
+/// `values`, also returns per column each record's value as it entered the statistics (NaN for
+/// none and for records not kept), for pass 2 to reuse.
 fn accumulate_group(
     g: Group<'_>,
     classified: &Classified<'_>,
     kept: &[(usize, Option<usize>)],
     policy: NonFinitePolicy,
-) {
+    values: bool,
+) -> Vec<Vec<f64>> {
     let width = g.cols.len();
+    let rows = classified.drops.len();
+    let mut out = Vec::with_capacity(if values { width } else { 0 });
     // Column by column: one column's state stays hot and its branches predictable.
     for (j, col) in g.cols.iter_mut().enumerate() {
+        let mut column = if values {
+            vec![f64::NAN; rows]
+        } else {
+            Vec::new()
+        };
         // Texts matter only for a categorical column: with the types fixed, collect them for
         // those; while streaming, once a column has shown text.
         let collect_texts = match g.fixed {
@@ -677,8 +662,15 @@ fn accumulate_group(
             if let Some(slot) = slot {
                 col.sample_at(slot, value);
             }
+            if let Some(v) = column.get_mut(r) {
+                *v = value;
+            }
+        }
+        if values {
+            out.push(column);
         }
     }
+    out
 }
 
 /// Pass 1, fed the input piece by piece. `fixed` gives the feature types (numeric or not) when
@@ -728,11 +720,12 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Takes in one piece. For a chunk, returns the values it parsed (per feature, per record;
-    /// NaN where not a finite number), which pass 2 can reuse; nothing for a file's end.
-    pub fn feed(&mut self, piece: &Piece) -> Result<Vec<Vec<f64>>> {
+    /// Takes in one piece. For a chunk and with `values`, returns per feature each record's
+    /// value as it entered the statistics (NaN where none did), which pass 2 can reuse; else,
+    /// and for a file's end, nothing.
+    pub fn feed(&mut self, piece: &Piece, values: bool) -> Result<Vec<Vec<f64>>> {
         match piece {
-            Piece::Rows(chunk) => self.chunk(chunk),
+            Piece::Rows(chunk) => self.chunk(chunk, values),
             Piece::FileEnd { file, rows } => {
                 let path = self.inputs.get(*file).cloned().unwrap_or_default();
                 if *rows == 0 {
@@ -756,7 +749,7 @@ impl<'a> Scanner<'a> {
         self.s
     }
 
-    fn chunk(&mut self, chunk: &Chunk) -> Result<Vec<Vec<f64>>> {
+    fn chunk(&mut self, chunk: &Chunk, values: bool) -> Result<Vec<Vec<f64>>> {
         let plan = self.plan;
         let path = self
             .inputs
@@ -768,7 +761,6 @@ impl<'a> Scanner<'a> {
         let labelled: Vec<bool> = labels.iter().map(|l| !l.text.is_empty()).collect();
         let ctx = ChunkCtx {
             chunk,
-            rows: labels.len(),
             labelled: &labelled,
             plan,
             path,
@@ -780,15 +772,8 @@ impl<'a> Scanner<'a> {
             groups(&mut self.s.cols, &self.s.features, self.fixed, &self.ranges),
             |g| classify_group(&ctx, g),
         );
-        let mut done = Vec::with_capacity(classified.len());
-        let mut errors = Vec::new();
-        for c in classified {
-            match c {
-                Ok(c) => done.push(c),
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Some(e) = first_error(errors).or(label_error) {
+        let done = all_ok(classified)?;
+        if let Some(e) = label_error {
             return Err(e);
         }
 
@@ -806,12 +791,15 @@ impl<'a> Scanner<'a> {
             {
                 s.rewrites.insert(from.clone(), label.text.to_string());
             }
-            if done.iter().any(|g| g.drops.get(r).copied().unwrap_or(false)) {
+            if done
+                .iter()
+                .any(|g| g.drops.get(r).copied().unwrap_or(false))
+            {
                 s.drops.non_finite += 1;
                 continue;
             }
             if let Some(seen) = self.seen.as_mut()
-                && !seen.insert(row_key(chunk.row(r), s.features.len(), &label.text))
+                && !seen.insert(row_key(chunk.row(r), &label.text))
             {
                 s.drops.duplicates += 1;
                 continue;
@@ -834,8 +822,8 @@ impl<'a> Scanner<'a> {
                 .into_iter()
                 .zip(&done)
                 .collect();
-        on_groups(work, |(g, c)| accumulate_group(g, c, &kept, policy));
-        Ok(done.into_iter().flat_map(|c| c.values).collect())
+        let values = on_groups(work, |(g, c)| accumulate_group(g, c, &kept, policy, values));
+        Ok(values.into_iter().flatten().collect())
     }
 }
 
@@ -926,8 +914,21 @@ mod tests {
         assert_eq!(classify(""), Cell::Missing);
         // The fast path gives exactly what the float parser gives.
         for t in [
-            "0.05", "-0", "-0.0", "123456789012345", "0.1", "0.30000000000000004", "9.999999999999999",
-            "-12.5", "007", "1234567890123456", "3.14159265358979", "1e5", "+4", "1.", ".5",
+            "0.05",
+            "-0",
+            "-0.0",
+            "123456789012345",
+            "0.1",
+            "0.30000000000000004",
+            "9.999999999999999",
+            "-12.5",
+            "007",
+            "1234567890123456",
+            "3.14159265358979",
+            "1e5",
+            "+4",
+            "1.",
+            ".5",
         ] {
             let want = t.parse::<f64>().unwrap();
             match classify(t) {
@@ -947,7 +948,10 @@ mod tests {
             let frac: u64 = rng.random_range(0..10u64.pow(frac_len as u32).max(1));
             let t = match frac_len {
                 0 => format!("{whole}"),
-                n => format!("{}{whole}.{frac:0n$}", if rng.random_bool(0.3) { "-" } else { "" }),
+                n => format!(
+                    "{}{whole}.{frac:0n$}",
+                    if rng.random_bool(0.3) { "-" } else { "" }
+                ),
             };
             let want = t.parse::<f64>().unwrap();
             let Cell::Finite { v, .. } = classify(&t) else {

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory
 use parquet::file::writer::SerializedFileWriter;
 use sha2::{Digest, Sha256};
 
-use super::chunks::{Chunk, Piece, first_error, on_groups, ranges};
+use super::chunks::{Chunk, GroupError, Piece, all_ok, on_groups, ranges, split_by};
 use super::plan::{Label, Plan};
 use super::scan::{Cell, chunk_labels, classify, field_text, row_key};
 use crate::error::{Error, Result};
@@ -170,13 +170,11 @@ impl PartWriter {
             }
         };
         let fields = self.schema.fields();
-        let mut groups = Vec::with_capacity(ranges.len());
-        let mut rest = writers.as_mut_slice();
-        for range in ranges {
-            let (mine, tail) = rest.split_at_mut(range.len().min(rest.len()));
-            rest = tail;
-            groups.push((range.clone(), mine));
-        }
+        let groups: Vec<_> = ranges
+            .iter()
+            .cloned()
+            .zip(split_by(writers, ranges))
+            .collect();
         let encoded = on_groups(groups, |(range, writers)| {
             for (i, w) in range.zip(writers.iter_mut()) {
                 let (Some(field), Some(array)) = (fields.get(i), batch.columns().get(i)) else {
@@ -206,15 +204,12 @@ impl PartWriter {
             return Ok(());
         };
         let err = parquet_err(&self.file);
-        let mut groups: Vec<Vec<ArrowColumnWriter>> = Vec::with_capacity(ranges.len());
+        // `ranges` covers every column, so every writer lands in a group.
         let mut writers = writers.into_iter();
-        for range in ranges {
-            groups.push(writers.by_ref().take(range.len()).collect());
-        }
-        let rest: Vec<ArrowColumnWriter> = writers.collect();
-        if !rest.is_empty() {
-            groups.push(rest);
-        }
+        let groups: Vec<Vec<ArrowColumnWriter>> = ranges
+            .iter()
+            .map(|range| writers.by_ref().take(range.len()).collect())
+            .collect();
         let closed = on_groups(groups, |writers| {
             writers
                 .into_iter()
@@ -380,24 +375,18 @@ impl<'a> PartsWriter<'a> {
                 for (r, (b, &line)) in bad.iter_mut().zip(&chunk.lines).enumerate() {
                     let rec = chunk.row(r);
                     for &(k, c) in numeric {
-                        let text = field_text(rec, k, c, plan, path, line).map_err(|e| (r, k, e))?;
+                        let text =
+                            field_text(rec, k, c, plan, path, line).map_err(|e| (r, k, e))?;
                         if classify(text).is_non_finite() {
                             *b = true;
                             break;
                         }
                     }
                 }
-                Ok::<_, (usize, usize, Error)>(bad)
+                Ok::<_, GroupError>(bad)
             });
-            let mut errors = Vec::new();
-            for f in found {
-                match f {
-                    Ok(g) => bad.iter_mut().zip(g).for_each(|(b, g)| *b |= g),
-                    Err(e) => errors.push(e),
-                }
-            }
-            if let Some(e) = first_error(errors) {
-                return Err(e);
+            for g in all_ok(found)? {
+                bad.iter_mut().zip(g).for_each(|(b, g)| *b |= g);
             }
         }
         if let Some(e) = label_error {
@@ -410,7 +399,7 @@ impl<'a> PartsWriter<'a> {
                 continue;
             }
             if let Some(seen) = self.seen.as_mut()
-                && !seen.insert(row_key(chunk.row(r), spec.features.len(), &label.text))
+                && !seen.insert(row_key(chunk.row(r), &label.text))
             {
                 continue;
             }
@@ -418,11 +407,10 @@ impl<'a> PartsWriter<'a> {
         }
         self.rows_kept += kept.len() as u64;
 
-        // The kept records in runs that end at batch and part boundaries.
+        // The kept records in runs that end at batch, row-group and part boundaries.
         let mut rest = kept.as_slice();
         while !rest.is_empty() {
             let part_rows = self.part.as_ref().map_or(0, |p| p.rows) as usize + self.in_batch;
-            // Batches end at batch, row-group and part boundaries.
             let group_room = spec.row_group_rows - part_rows % spec.row_group_rows;
             let room = (self.batch_rows - self.in_batch)
                 .min(group_room)
@@ -458,18 +446,18 @@ impl<'a> PartsWriter<'a> {
     ) -> Result<()> {
         let spec = self.spec;
         let plan = spec.plan;
-        let mut groups = Vec::with_capacity(self.out_ranges.len());
-        let mut builders = self.builders.as_mut_slice();
-        for range in &self.out_ranges {
-            let (mine, tail) = builders.split_at_mut(range.len());
-            builders = tail;
-            groups.push((
-                range.start,
-                spec.columns.get(range.clone()).unwrap_or_default(),
-                self.out_features.get(range.clone()).unwrap_or_default(),
-                mine,
-            ));
-        }
+        let groups: Vec<_> = split_by(&mut self.builders, &self.out_ranges)
+            .into_iter()
+            .zip(&self.out_ranges)
+            .map(|(builders, range)| {
+                (
+                    range.start,
+                    spec.columns.get(range.clone()).unwrap_or_default(),
+                    self.out_features.get(range.clone()).unwrap_or_default(),
+                    builders,
+                )
+            })
+            .collect();
         let results = on_groups(groups, |(first, columns, features, builders)| {
             for &r in run {
                 let (Some(&line), Some(label)) = (chunk.lines.get(r), labels.get(r)) else {
@@ -478,7 +466,7 @@ impl<'a> PartsWriter<'a> {
                 let rec = chunk.row(r);
                 let cols = columns.iter().zip(features).zip(builders.iter_mut());
                 for (j, ((col, &k), builder)) in cols.enumerate() {
-                    // A number pass 1 parsed (kept with the chunk) needs no second parse: the
+                    // A number pass 1 counted (kept with the chunk) needs no second parse: the
                     // float as it is, an integer when it is exact (below 2^53).
                     if !col.is_label {
                         match (&mut *builder, chunk.value(k, r)) {
@@ -521,9 +509,7 @@ impl<'a> PartsWriter<'a> {
                         },
                         Builder::Float(b) => match classify(text) {
                             Cell::Finite { v, .. } => b.append_value(v),
-                            Cell::NonFinite | Cell::Missing if !col.is_label => {
-                                b.append_value(0.0)
-                            }
+                            Cell::NonFinite | Cell::Missing if !col.is_label => b.append_value(0.0),
                             _ => return Err(bad()),
                         },
                         Builder::Str(b) => b.append_value(text),
@@ -532,10 +518,7 @@ impl<'a> PartsWriter<'a> {
             }
             Ok(())
         });
-        match first_error(results.into_iter().filter_map(std::result::Result::err)) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        all_ok(results).map(drop)
     }
 
     /// Writes the builders' rows as one batch of the current part (opened if needed).

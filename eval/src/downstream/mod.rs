@@ -41,9 +41,9 @@ pub use mlp::MlpOptions;
 pub use smote::SmoteOptions;
 
 use crate::error::{Error, Result};
-use crate::stats::par_map;
 use crate::frame::{Encoder, Frame, Matrix, Scaling, Schema, Values, ordinal_matrix};
 use crate::report::{ClassResult, DetectorResult, Downstream, SettingResult, Stat};
+use crate::stats::par_map;
 use metrics::Scores;
 use smote::Oversampler;
 
