@@ -43,6 +43,16 @@ pub struct TrainConfig {
     pub max_rows: u64,
     /// Share of the rows held out to measure VAE validation loss (drives the beta schedule).
     pub validation_fraction: f64,
+    /// At most this many held-out rows (0 = no cap): the validation loss only steers the beta
+    /// schedule, and every worker keeps its held-out rows in memory, so a fraction of a
+    /// billion-row dataset would be both useless and unaffordable.
+    pub max_validation_rows: u64,
+    /// Training rows (over all workers) held in memory at a time. A training set up to this
+    /// size is loaded once and every epoch draws from all of it; a larger one is streamed: each
+    /// pass over the data visits the row groups in a seeded random order, a window of about this
+    /// many rows at a time, and epochs draw from the window in memory (a shuffle buffer), so a
+    /// worker's memory does not grow with the dataset. 0 = always load everything.
+    pub shuffle_window_rows: u64,
     /// How each epoch draws its rows across classes, in both stages: 0 = in the data's own
     /// proportions (every row once per epoch), 1 = the same number of rows from every class; in
     /// between, class c gets a share proportional to `n_c^(1 - class_balance)` (tempered
@@ -83,6 +93,8 @@ impl Default for TrainConfig {
             threads: 0,
             max_rows: 0,
             validation_fraction: 0.05,
+            max_validation_rows: 16_384,
+            shuffle_window_rows: 262_144,
             class_balance: 1.0,
             epoch_rows: 16_384,
             joint_epochs: 0,
@@ -99,7 +111,8 @@ impl TrainConfig {
     }
 
     /// How a dataset of `total_rows` rows splits: `(used, held_out)`, where `used` honours
-    /// `max_rows` and `held_out` (validation) is `validation_fraction` of it, always leaving at
+    /// `max_rows` and `held_out` (validation) is `validation_fraction` of it (at most
+    /// `max_validation_rows`), always leaving at
     /// least one training row. The workers pick which rows; everyone agrees on how many.
     pub fn split_sizes(&self, total_rows: u64) -> (u64, u64) {
         let used = if self.max_rows > 0 {
@@ -107,7 +120,10 @@ impl TrainConfig {
         } else {
             total_rows
         };
-        let held_out = ((used as f64) * self.validation_fraction).round() as u64;
+        let mut held_out = ((used as f64) * self.validation_fraction).round() as u64;
+        if self.max_validation_rows > 0 {
+            held_out = held_out.min(self.max_validation_rows);
+        }
         (used, held_out.min(used.saturating_sub(1)))
     }
 

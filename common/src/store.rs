@@ -298,6 +298,29 @@ impl Location {
             .map_err(|e| Error::store(self.display(rel), e))
     }
 
+    /// Reads bytes `range` of an object, failing if the object no longer has the ETag `e_tag`
+    /// (when given): a file read piece by piece must not change between the pieces.
+    pub async fn get_range(
+        &self,
+        rel: &str,
+        range: std::ops::Range<u64>,
+        e_tag: Option<&str>,
+    ) -> Result<Bytes> {
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            if_match: e_tag.map(str::to_string),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&self.path(rel), opts)
+            .await
+            .map_err(|e| Error::store(self.display(rel), e))?;
+        r.bytes()
+            .await
+            .map_err(|e| Error::store(self.display(rel), e))
+    }
+
     /// Reads a whole object, or `None` if it does not exist.
     pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
         match self.store.get(&self.path(rel)).await {

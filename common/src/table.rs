@@ -17,9 +17,11 @@ use arrow_array::{
 use arrow_schema::DataType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+pub use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
 
 use crate::error::{Error, Result};
 use crate::manifest::{ColumnRole, DType, DatasetManifest};
@@ -58,6 +60,31 @@ impl Table {
             a.extend_from_slice(b);
         }
         self.labels.extend_from_slice(&other.labels);
+    }
+
+    /// Appends the rows `idx` of `other` (same layout), in that order.
+    pub fn append_rows(&mut self, other: &Table, idx: &[usize]) {
+        for (a, b) in self.numeric.iter_mut().zip(&other.numeric) {
+            a.extend(idx.iter().map(|&i| b[i]));
+        }
+        for (a, b) in self.categorical.iter_mut().zip(&other.categorical) {
+            a.extend(idx.iter().map(|&i| b[i]));
+        }
+        self.labels.extend(idx.iter().map(|&i| other.labels[i]));
+    }
+
+    /// Removes every row, keeping the columns' allocations for the next rows.
+    pub fn clear(&mut self) {
+        self.numeric.iter_mut().for_each(Vec::clear);
+        self.categorical.iter_mut().for_each(Vec::clear);
+        self.labels.clear();
+    }
+
+    /// Makes room for `rows` more rows in every column.
+    pub fn reserve(&mut self, rows: usize) {
+        self.numeric.iter_mut().for_each(|c| c.reserve(rows));
+        self.categorical.iter_mut().for_each(|c| c.reserve(rows));
+        self.labels.reserve(rows);
     }
 
     /// A 64-bit fingerprint of row `i`'s feature values (not its label): equal rows have equal
@@ -186,6 +213,112 @@ pub fn read_parquet(
     if let Some(groups) = row_groups {
         builder = builder.with_row_groups(groups);
     }
+    read_batches(builder, manifest, layout, location)
+}
+
+/// The footer of a Parquet part (its schema and row groups), parsed once so that row groups
+/// can later be read one byte range at a time ([`read_row_group`]).
+pub fn part_metadata(bytes: &Bytes, location: &str) -> Result<ArrowReaderMetadata> {
+    ArrowReaderMetadata::load(bytes, ArrowReaderOptions::new()).map_err(parquet_err(location))
+}
+
+/// The bytes of a part that row group `group` occupies (its column chunks).
+pub fn row_group_span(
+    metadata: &ArrowReaderMetadata,
+    group: usize,
+    location: &str,
+) -> Result<std::ops::Range<u64>> {
+    let invalid = |reason: String| Error::InvalidPart {
+        location: location.to_string(),
+        reason,
+    };
+    let rg = metadata
+        .metadata()
+        .row_groups()
+        .get(group)
+        .ok_or_else(|| invalid(format!("row group {group} does not exist")))?;
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for c in rg.columns() {
+        let first = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+        let (Ok(first), Ok(len)) = (u64::try_from(first), u64::try_from(c.compressed_size()))
+        else {
+            return Err(invalid(format!(
+                "row group {group} has a column chunk at a negative offset or size"
+            )));
+        };
+        start = start.min(first);
+        end = end.max(first.saturating_add(len));
+    }
+    Ok(start.min(end)..end)
+}
+
+/// One byte range of a Parquet file held in memory, readable as the whole file (whose length
+/// is `file_len`) as long as only that range is asked for: what reading a single row group
+/// with already-parsed metadata needs.
+#[derive(Debug, Clone)]
+pub struct ByteRange {
+    pub start: u64,
+    pub bytes: Bytes,
+    pub file_len: u64,
+}
+
+impl ByteRange {
+    fn slice(&self, start: u64, len: usize) -> parquet::errors::Result<Bytes> {
+        let from = start.checked_sub(self.start).map(|o| o as usize);
+        match from {
+            Some(from) if from.saturating_add(len) <= self.bytes.len() => {
+                Ok(self.bytes.slice(from..from + len))
+            }
+            _ => Err(parquet::errors::ParquetError::General(format!(
+                "bytes {start}..{} lie outside the range read ({}..{})",
+                start.saturating_add(len as u64),
+                self.start,
+                self.start + self.bytes.len() as u64
+            ))),
+        }
+    }
+}
+
+impl Length for ByteRange {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for ByteRange {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let rest = (self.start + self.bytes.len() as u64).saturating_sub(start);
+        Ok(bytes::Buf::reader(self.slice(start, rest as usize)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length)
+    }
+}
+
+/// Reads row group `group` of a part from the bytes it occupies ([`row_group_span`]) and the
+/// part's parsed footer.
+pub fn read_row_group(
+    range: ByteRange,
+    metadata: ArrowReaderMetadata,
+    group: usize,
+    manifest: &DatasetManifest,
+    layout: &Layout,
+    location: &str,
+) -> Result<Table> {
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(range, metadata)
+        .with_row_groups(vec![group]);
+    read_batches(builder, manifest, layout, location)
+}
+
+fn read_batches<R: ChunkReader + 'static>(
+    builder: ParquetRecordBatchReaderBuilder<R>,
+    manifest: &DatasetManifest,
+    layout: &Layout,
+    location: &str,
+) -> Result<Table> {
     let reader = builder
         .with_batch_size(64 * 1024)
         .build()

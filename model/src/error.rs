@@ -99,4 +99,9 @@ pub enum ModelError {
         operation: &'static str,
         message: String,
     },
+
+    /// A [`crate::RowSource`] could not load the rows asked for (its own error, with the file or
+    /// object it names).
+    #[error("loading training rows failed: {0}")]
+    Rows(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -33,6 +33,7 @@ mod layers;
 pub mod optim;
 pub mod preprocess;
 pub mod rng;
+mod rows;
 mod trainer;
 pub mod vae;
 
@@ -51,6 +52,7 @@ pub use error::{ModelError, Result};
 pub use image::ImageLayout;
 pub use optim::{Adam, AdamConfig};
 pub use preprocess::{Batch, Preprocessor, probit};
+pub use rows::{RowSource, TableSource, class_counts};
 pub use trainer::{Alone, EpochReport, Partition, Replicas, Stage, TrainState, Trainer};
 pub use vae::{Vae, VaeLoss, VaeShape};
 

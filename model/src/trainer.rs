@@ -8,6 +8,8 @@
 //! and [`TrainState`] plus the optimiser state tensors are all a resumed run needs: a run
 //! restored from an epoch-boundary checkpoint continues exactly as the uninterrupted one.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Instant;
 
 use flowsynth_common::config::{ModelConfig, ModelMode, TrainConfig};
@@ -18,12 +20,15 @@ use tch::{Device, Kind, Tensor};
 
 use super::FlowModel;
 use super::edm::EdmNoise;
-use super::epoch::epoch_order;
+use super::epoch::{
+    cut_windows, epoch_order, everywhere_classes, pass_windows, window_order, window_quotas,
+};
 use super::error::{ModelError, Result};
 use super::layers::scalar;
 use super::optim::{Adam, AdamConfig};
 use super::preprocess::Batch;
 use super::rng::{derive, permutation, tag};
+use super::rows::{RowSource, TableSource};
 
 /// Rows per forward pass when evaluating (validation loss, latent statistics).
 const EVAL_CHUNK_ROWS: usize = 4096;
@@ -151,9 +156,6 @@ pub struct Partition {
     pub positions: Vec<usize>,
 }
 
-/// Marks a global position held by no local row.
-const NOT_LOCAL: u32 = u32::MAX;
-
 /// The model, its two optimisers and the schedule.
 #[derive(Debug)]
 pub struct Trainer {
@@ -162,17 +164,83 @@ pub struct Trainer {
     diffusion_opt: Adam,
     state: TrainState,
     train: TrainConfig,
-    /// Data-parallel layout; `None`: this trainer holds the whole training set.
-    sharding: Option<Sharding>,
+    /// Data-parallel layout of the tables handed to [`Trainer::run_epoch`]; `None`: the table
+    /// is the whole training set. (A [`RowSource`] carries its own.)
+    partition: Option<Partition>,
     /// Class of every dataset-wide training position (gathered from all ranks once), for
-    /// class-tempered epochs; `None` until first needed.
+    /// class-tempered epochs over a training set in memory; `None` until first needed.
     position_labels: Option<Vec<u32>>,
+    /// Streaming: every group's training rows per class over all ranks (`[group][class]`,
+    /// gathered once); `None` until first needed.
+    group_counts: Option<Vec<Vec<usize>>>,
+    /// Streaming: the rarest classes, held in memory through every window (see
+    /// `everywhere_classes`), and the positions of their rows by class (gathered once).
+    held: Option<Held>,
+    /// The groups the row source has loaded for this trainer and where their rows sit.
+    resident: Option<Resident>,
     /// Denoiser stage: the diffusion-space latents and class codes of the local training rows,
     /// each encoded the first time a batch draws it (the VAEs are frozen then, so every later
     /// epoch would encode the same numbers; rows never drawn are never encoded). `None` until
     /// the first denoiser epoch, dropped when an epoch trains the VAEs (joint epochs encode each
     /// batch themselves) or the model or partition changes.
     latents: Option<LatentCache>,
+}
+
+/// The rows a trainer works on: the groups its source has loaded, each global position's row
+/// among them, and (streaming) the slot order of the window they make.
+#[derive(Debug)]
+struct Resident {
+    groups: Vec<usize>,
+    everywhere: Vec<u32>,
+    local_of: HashMap<usize, u32>,
+    order: Option<(WindowKey, Vec<usize>)>,
+}
+
+/// Streaming: the classes held in memory and their rows' positions (`members[c]`, empty for a
+/// streamed class; `None` until gathered).
+#[derive(Debug)]
+struct Held {
+    classes: Vec<u32>,
+    members: Option<Vec<Vec<usize>>>,
+}
+
+/// Rows of the training set held in memory through every streaming window, at most (rarest
+/// classes first): an eighth of the window.
+const HELD_SHARE: usize = 8;
+
+/// A streaming window: the `index`-th window of pass `pass` over the training set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WindowKey {
+    pass: u64,
+    index: usize,
+}
+
+/// Streaming: one pass over the training set.
+#[derive(Debug)]
+struct PassPlan {
+    /// The windows in order, each its groups.
+    windows: Vec<Vec<usize>>,
+    /// `[window][class]`: slots of each class in each window.
+    quotas: Vec<Vec<usize>>,
+}
+
+/// A stretch of an epoch drawn from one set of loaded groups.
+#[derive(Debug)]
+struct Segment {
+    groups: Vec<usize>,
+    /// Classes whose rows are loaded from every group (streaming; see [`Held`]).
+    everywhere: Vec<u32>,
+    slots: SegmentSlots,
+    /// The epoch slot of this stretch's first row.
+    first_slot: u64,
+}
+
+#[derive(Debug)]
+enum SegmentSlots {
+    /// The whole training set is loaded: the epoch's positions.
+    Positions(Vec<usize>),
+    /// Streaming: a range of a window's slot order (computed when the window is loaded).
+    Window { key: WindowKey, range: Range<usize> },
 }
 
 /// [`Trainer::latents`] of a table of `N` rows.
@@ -232,8 +300,11 @@ impl Trainer {
                 epochs_without_improvement: 0,
             },
             train: train.clone(),
-            sharding: None,
+            partition: None,
             position_labels: None,
+            group_counts: None,
+            held: None,
+            resident: None,
             latents: None,
         })
     }
@@ -270,10 +341,36 @@ impl Trainer {
     /// Makes this trainer one rank of a data-parallel job (see the module docs); `None` (the
     /// default) trains on the whole table alone. Positions out of range or repeated are refused.
     pub fn set_partition(&mut self, partition: Option<Partition>) -> Result<()> {
-        self.sharding = partition.map(Sharding::new).transpose()?;
-        self.position_labels = None;
-        self.latents = None;
+        if let Some(p) = &partition
+            && (p.world == 0 || p.global_rows > u32::MAX as usize)
+        {
+            return Err(ModelError::TableLayout {
+                reason: format!(
+                    "partition of {} global rows over {} ranks is not supported",
+                    p.global_rows, p.world
+                ),
+            });
+        }
+        self.partition = partition;
+        self.forget_rows();
         Ok(())
+    }
+
+    /// Drops everything derived from the rows trained on (a new partition or source).
+    fn forget_rows(&mut self) {
+        self.position_labels = None;
+        self.group_counts = None;
+        self.held = None;
+        self.resident = None;
+        self.latents = None;
+    }
+
+    /// `train` as a [`RowSource`] under this trainer's partition.
+    fn table_source<'t>(&self, train: &'t Table) -> Result<TableSource<'t>> {
+        match &self.partition {
+            None => Ok(TableSource::alone(train)),
+            Some(p) => TableSource::rank(train, p.positions.clone(), p.world, p.global_rows),
+        }
     }
 
     pub fn vae_optimizer(&self) -> &Adam {
@@ -333,31 +430,29 @@ impl Trainer {
         val: &Table,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
-        if let Some(sh) = &self.sharding
-            && sh.local_rows != train.rows()
-        {
-            return Err(ModelError::TableLayout {
-                reason: format!(
-                    "the partition lists {} rows for {} training rows",
-                    sh.local_rows,
-                    train.rows()
-                ),
-            });
-        }
-        let global_rows = self
-            .sharding
-            .as_ref()
-            .map_or(train.rows(), |sh| sh.global_rows);
-        if global_rows == 0 {
+        let mut source = self.table_source(train)?;
+        self.run_epoch_from(&mut source, val, replicas)
+    }
+
+    /// [`Trainer::run_epoch`] over the training rows of `train`, loaded through it as the epoch
+    /// goes (see [`RowSource`] and `train.shuffle_window_rows`). Every rank of a data-parallel
+    /// job must pass a source of the same groups.
+    pub fn run_epoch_from(
+        &mut self,
+        train: &mut dyn RowSource,
+        val: &Table,
+        replicas: &mut dyn Replicas,
+    ) -> Result<EpochReport> {
+        if global_rows(train) == 0 {
             return Err(ModelError::EmptyData { what: "training" });
         }
-        if self.settle(train, replicas)? == Stage::Done {
+        if self.settle_from(train, replicas)? == Stage::Done {
             return Err(ModelError::TrainingFinished);
         }
-        let batches = self.global_batches(train, global_rows, replicas)?;
+        let segments = self.epoch_segments(train, replicas)?;
         match self.state.stage {
-            Stage::Vae => self.vae_epoch(train, val, batches, replicas),
-            _ => self.diffusion_epoch(train, batches, replicas),
+            Stage::Vae => self.vae_epoch(train, val, segments, replicas),
+            _ => self.diffusion_epoch(train, segments, replicas),
         }
     }
 
@@ -384,10 +479,18 @@ impl Trainer {
     /// [`Trainer::run_epoch`]; call it first to know which stage the next epoch trains. Every
     /// rank of a data-parallel job must call it alike (it may combine values with the others).
     pub fn settle(&mut self, train: &Table, replicas: &mut dyn Replicas) -> Result<Stage> {
+        let mut source = self.table_source(train)?;
+        self.settle_from(&mut source, replicas)
+    }
+
+    /// [`Trainer::settle`] for [`Trainer::run_epoch_from`].
+    pub fn settle_from(
+        &mut self,
+        train: &mut dyn RowSource,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Stage> {
         if self.state.stage == Stage::Vae && self.model.needs_image_layout() {
-            let sums = self.model.image_moments(
-                &mut eval_chunks(train.rows()).map(|idx| self.encode_rows(train, &idx)),
-            )?;
+            let sums = self.scan(train, |model, batches| model.image_moments(batches))?;
             replicas.all_reduce_sum(&sums.tensors())?;
             self.model.fit_image_layout(&sums)?;
         }
@@ -404,39 +507,438 @@ impl Trainer {
         Ok(self.state.stage)
     }
 
-    /// The epoch's global batches: for each step, this rank's rows and their slots.
-    fn global_batches(
+    /// Whether `train` is streamed window by window rather than loaded whole.
+    fn streaming(&self, train: &dyn RowSource) -> bool {
+        let window = self.train.shuffle_window_rows as usize;
+        window > 0 && train.group_rows().len() > 1 && global_rows(train) > window
+    }
+
+    /// The epoch's stretches of rows. A training set in memory: one, the epoch's positions.
+    /// Streaming: the epoch is the next `rows_per_epoch` slots of an endless sequence of passes,
+    /// each pass a seeded order of windows (see `epoch`), so consecutive epochs walk on through
+    /// the windows and every row is drawn about equally often over the passes.
+    fn epoch_segments(
         &mut self,
-        train: &Table,
-        global_rows: usize,
+        train: &mut dyn RowSource,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<Segment>> {
+        let all_rows = global_rows(train);
+        let rows = self.train.rows_per_epoch(all_rows as u64) as usize;
+        if !self.streaming(train) {
+            let groups: Vec<usize> = (0..train.group_rows().len()).collect();
+            self.enter(train, &groups, &[])?;
+            let order = self.order(train, all_rows, replicas)?;
+            return Ok(vec![Segment {
+                groups,
+                everywhere: Vec::new(),
+                slots: SegmentSlots::Positions(order),
+                first_slot: 0,
+            }]);
+        }
+        let everywhere = self.held_classes(train, replicas)?;
+        let epoch = self.state.epoch_in_stage as u64;
+        let (start, end) = (epoch * rows as u64, (epoch + 1) * rows as u64);
+        let mut segments = Vec::new();
+        let mut pass_plan: Option<(u64, Vec<Vec<usize>>, Vec<usize>)> = None;
+        let mut s = start;
+        while s < end {
+            let (pass, offset) = (s / all_rows as u64, (s % all_rows as u64) as usize);
+            if pass_plan.as_ref().is_none_or(|(p, _, _)| *p != pass) {
+                let PassPlan { windows, quotas } = self.pass_plan(train, pass, replicas)?;
+                let lengths = quotas.iter().map(|q| q.iter().sum()).collect();
+                pass_plan = Some((pass, windows, lengths));
+            }
+            let Some((_, windows, lengths)) = &pass_plan else {
+                break;
+            };
+            // The window holding slot `offset` of the pass (its lengths sum to `all_rows`).
+            let mut window_start = 0usize;
+            let found = lengths.iter().enumerate().find(|&(_, &len)| {
+                window_start += len;
+                offset < window_start
+            });
+            let Some((index, &len)) = found else {
+                return Err(ModelError::TableLayout {
+                    reason: format!("pass {pass} has fewer than {all_rows} slots"),
+                });
+            };
+            let from = offset - (window_start - len);
+            let take = ((end - s) as usize).min(len - from);
+            segments.push(Segment {
+                groups: windows[index].clone(),
+                everywhere: everywhere.clone(),
+                slots: SegmentSlots::Window {
+                    key: WindowKey { pass, index },
+                    range: from..from + take,
+                },
+                first_slot: s - start,
+            });
+            s += take as u64;
+        }
+        Ok(segments)
+    }
+
+    /// Streaming: one pass's windows.
+    fn pass_plan(
+        &mut self,
+        train: &mut dyn RowSource,
+        pass: u64,
+        replicas: &mut dyn Replicas,
+    ) -> Result<PassPlan> {
+        let key = self.pass_key(pass);
+        let window = self.train.shuffle_window_rows as usize;
+        let windows = pass_windows(derive(key, &[0]), train.group_rows(), window);
+        let rows = global_rows(train);
+        let classes = self.model.classes();
+        let balance = self.train.class_balance;
+        let mut held = vec![false; classes];
+        for c in self.held_classes(train, replicas)? {
+            held[c as usize] = true;
+        }
+        let counts = self.group_counts(train, replicas)?;
+        let quotas = window_quotas(&windows, counts, &held, balance, rows);
+        Ok(PassPlan { windows, quotas })
+    }
+
+    /// Streaming: the classes held in memory (chosen once from the dataset-wide counts).
+    fn held_classes(
+        &mut self,
+        train: &mut dyn RowSource,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<u32>> {
+        if self.held.is_none() {
+            let classes = self.model.classes();
+            let counts = self.group_counts(train, replicas)?;
+            let totals: Vec<usize> = (0..classes)
+                .map(|c| counts.iter().map(|g| g[c]).sum())
+                .collect();
+            let budget = self.train.shuffle_window_rows as usize / HELD_SHARE;
+            self.held = Some(Held {
+                classes: everywhere_classes(&totals, budget),
+                members: None,
+            });
+        }
+        Ok(self
+            .held
+            .as_ref()
+            .map(|h| h.classes.clone())
+            .unwrap_or_default())
+    }
+
+    /// Streaming: the positions of the held classes' rows, by class, gathered from all ranks
+    /// once (the loaded rows must include this rank's rows of those classes). Each rank writes
+    /// its rows into a vector laid out by class, group and position, which the dataset-wide
+    /// counts let every rank compute alike; a sum completes it.
+    fn held_members(
+        &mut self,
+        train: &dyn RowSource,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<Vec<usize>>> {
+        if let Some(Held {
+            members: Some(m), ..
+        }) = &self.held
+        {
+            return Ok(m.clone());
+        }
+        let classes = self.model.classes();
+        let held = self
+            .held
+            .as_ref()
+            .map(|h| h.classes.clone())
+            .unwrap_or_default();
+        let counts = self.group_counts.clone().unwrap_or_default();
+        let first = group_starts(train.group_rows());
+        // slot_base[c][g]: where class c's rows of group g start in the gathered vector.
+        let mut slot_base = vec![Vec::new(); classes];
+        let mut next = 0usize;
+        for &c in &held {
+            let c = c as usize;
+            slot_base[c] = counts
+                .iter()
+                .map(|g| {
+                    let at = next;
+                    next += g[c];
+                    at
+                })
+                .collect();
+        }
+        let (table, positions) = train.loaded();
+        let mut mine: Vec<(usize, usize)> = positions
+            .iter()
+            .zip(&table.labels)
+            .filter(|(_, l)| held.contains(l))
+            .map(|(&p, &l)| (p, l as usize))
+            .collect();
+        mine.sort_unstable();
+        let mut gathered = vec![0f64; next];
+        let mut taken: HashMap<(usize, usize), usize> = HashMap::new();
+        for (p, c) in mine {
+            let g = first.partition_point(|&f| f <= p) - 1;
+            let j = taken.entry((g, c)).or_insert(0);
+            let slot = slot_base[c].get(g).map(|b| b + *j);
+            *j += 1;
+            match slot.and_then(|s| gathered.get_mut(s)) {
+                Some(v) if *j <= counts[g][c] => *v = (p + 1) as f64,
+                _ => {
+                    return Err(ModelError::TableLayout {
+                        reason: format!(
+                            "group {g} holds more loaded rows of class {c} than it counts"
+                        ),
+                    });
+                }
+            }
+        }
+        let gathered = self.sum_over_replicas(replicas, &gathered)?;
+        let mut members = vec![Vec::new(); classes];
+        let mut k = 0usize;
+        for &c in &held {
+            let c = c as usize;
+            let n: usize = counts.iter().map(|g| g[c]).sum();
+            for &v in &gathered[k..k + n] {
+                if v < 1.0 || v.fract() != 0.0 {
+                    return Err(ModelError::TableLayout {
+                        reason: format!("a row of class {c} is held by no rank, or by several"),
+                    });
+                }
+                members[c].push(v as usize - 1);
+            }
+            k += n;
+        }
+        if let Some(h) = &mut self.held {
+            h.members = Some(members.clone());
+        }
+        Ok(members)
+    }
+
+    fn pass_key(&self, pass: u64) -> u64 {
+        derive(
+            self.train.seed,
+            &[tag::PERMUTATION, self.state.stage.key(), u64::MAX, pass],
+        )
+    }
+
+    /// Streaming: [`Trainer::group_counts`], gathered from all ranks once.
+    fn group_counts(
+        &mut self,
+        train: &mut dyn RowSource,
+        replicas: &mut dyn Replicas,
+    ) -> Result<&[Vec<usize>]> {
+        if self.group_counts.is_none() {
+            let classes = self.model.classes();
+            let groups = train.group_rows().len();
+            let local = train.local_class_counts(classes)?;
+            if local.len() != groups || local.iter().any(|c| c.len() != classes) {
+                return Err(ModelError::TableLayout {
+                    reason: format!(
+                        "the row source counted classes for {} groups, expected {groups} x {classes}",
+                        local.len()
+                    ),
+                });
+            }
+            let flat: Vec<f64> = local.iter().flatten().map(|&n| n as f64).collect();
+            let total = self.sum_over_replicas(replicas, &flat)?;
+            let counts: Vec<Vec<usize>> = total
+                .chunks(classes.max(1))
+                .map(|c| c.iter().map(|&n| n as usize).collect())
+                .collect();
+            for (g, c) in counts.iter().enumerate() {
+                if c.iter().sum::<usize>() != train.group_rows()[g] {
+                    return Err(ModelError::TableLayout {
+                        reason: format!(
+                            "group {g} has {} training rows but the ranks hold {}",
+                            train.group_rows()[g],
+                            c.iter().sum::<usize>()
+                        ),
+                    });
+                }
+            }
+            self.group_counts = Some(counts);
+        }
+        Ok(self.group_counts.as_deref().unwrap_or_default())
+    }
+
+    /// Makes `groups` the loaded rows (loading them unless they already are) and indexes them.
+    fn enter(
+        &mut self,
+        train: &mut dyn RowSource,
+        groups: &[usize],
+        everywhere: &[u32],
+    ) -> Result<()> {
+        if self
+            .resident
+            .as_ref()
+            .is_some_and(|r| r.groups == groups && r.everywhere == everywhere)
+        {
+            return Ok(());
+        }
+        self.resident = None;
+        self.latents = None;
+        train.load(groups, everywhere)?;
+        let all_rows = global_rows(train);
+        let (_, positions) = train.loaded();
+        let mut local_of = HashMap::with_capacity(positions.len());
+        for (i, &p) in positions.iter().enumerate() {
+            if p >= all_rows || local_of.insert(p, i as u32).is_some() {
+                return Err(ModelError::TableLayout {
+                    reason: format!(
+                        "partition position {p} is out of range (0..{all_rows}) or repeated"
+                    ),
+                });
+            }
+        }
+        self.resident = Some(Resident {
+            groups: groups.to_vec(),
+            everywhere: everywhere.to_vec(),
+            local_of,
+            order: None,
+        });
+        Ok(())
+    }
+
+    /// Loads the segment's groups and cuts its slots into global batches: for each step, this
+    /// rank's rows (of the loaded table) and their epoch slots.
+    fn segment_batches(
+        &mut self,
+        train: &mut dyn RowSource,
+        segment: Segment,
         replicas: &mut dyn Replicas,
     ) -> Result<Vec<StepRows>> {
-        let order = self.order(train, global_rows, replicas)?;
-        let global_batch = self.train.batch_size * self.sharding.as_ref().map_or(1, |sh| sh.world);
+        self.enter(train, &segment.groups, &segment.everywhere)?;
+        let global_batch = self.train.batch_size * train.world();
+        let order = match segment.slots {
+            SegmentSlots::Positions(order) => order,
+            SegmentSlots::Window { key, range } => {
+                let order = self.window_order(train, key, replicas)?;
+                order
+                    .get(range.clone())
+                    .map(<[usize]>::to_vec)
+                    .ok_or_else(|| ModelError::TableLayout {
+                        reason: format!(
+                            "window {} of pass {} has {} slots, not {range:?}",
+                            key.index,
+                            key.pass,
+                            order.len()
+                        ),
+                    })?
+            }
+        };
+        let Some(resident) = &self.resident else {
+            return Ok(Vec::new());
+        };
         Ok(order
             .chunks(global_batch)
             .enumerate()
             .map(|(k, chunk)| {
-                let first = (k * global_batch) as u64;
+                let first = segment.first_slot + (k * global_batch) as u64;
                 let mut rows = StepRows {
                     local: Vec::new(),
                     slots: Vec::new(),
                     global: chunk.len(),
                 };
-                for (j, &p) in chunk.iter().enumerate() {
-                    let local = match &self.sharding {
-                        None => p,
-                        Some(sh) => match sh.local_of[p] {
-                            NOT_LOCAL => continue,
-                            i => i as usize,
-                        },
-                    };
-                    rows.local.push(local);
-                    rows.slots.push(first + j as u64);
+                for (j, p) in chunk.iter().enumerate() {
+                    if let Some(&local) = resident.local_of.get(p) {
+                        rows.local.push(local as usize);
+                        rows.slots.push(first + j as u64);
+                    }
                 }
                 rows
             })
             .collect())
+    }
+
+    /// Streaming: the slot order of the loaded window `key` (its rows' classes are gathered
+    /// from all ranks), computed once per window.
+    fn window_order(
+        &mut self,
+        train: &mut dyn RowSource,
+        key: WindowKey,
+        replicas: &mut dyn Replicas,
+    ) -> Result<Vec<usize>> {
+        if let Some(Resident {
+            order: Some((k, order)),
+            ..
+        }) = &self.resident
+            && *k == key
+        {
+            return Ok(order.clone());
+        }
+        let groups = self
+            .resident
+            .as_ref()
+            .map(|r| r.groups.clone())
+            .unwrap_or_default();
+        let held_members = self.held_members(train, replicas)?;
+        let group_rows = train.group_rows();
+        let first = group_starts(group_rows);
+        // Each group's offset among the window's positions.
+        let mut offset_of = HashMap::new();
+        let mut width = 0usize;
+        for &g in &groups {
+            offset_of.insert(g, width);
+            width += group_rows.get(g).copied().unwrap_or(0);
+        }
+        let (table, positions) = train.loaded();
+        let mut mine = vec![0f32; width];
+        for (i, &p) in positions.iter().enumerate() {
+            let g = first.partition_point(|&f| f <= p) - 1;
+            // A held class's row from a group outside the window.
+            let Some(o) = offset_of.get(&g) else {
+                continue;
+            };
+            if let Some(slot) = mine.get_mut(o + p - first[g]) {
+                *slot = (table.labels[i] + 1) as f32;
+            }
+        }
+        let labels = self.sum_over_replicas(
+            replicas,
+            &mine.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        )?;
+        let classes = self.model.classes();
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+        let mut k = 0usize;
+        for &g in &groups {
+            for p in first[g]..first[g + 1] {
+                let v = labels[k];
+                k += 1;
+                let c = (v as usize).wrapping_sub(1);
+                match by_class.get_mut(c) {
+                    // Held classes are dealt from all their rows instead.
+                    Some(_) if v >= 1.0 && !held_members[c].is_empty() => {}
+                    Some(members) if v >= 1.0 && v.fract() == 0.0 => members.push(p),
+                    _ => {
+                        return Err(ModelError::TableLayout {
+                            reason: format!(
+                                "training position {p} is held by no rank, or by several"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let PassPlan { quotas, .. } = self.pass_plan(train, key.pass, replicas)?;
+        let quota = quotas.get(key.index).cloned().unwrap_or_default();
+        // Where each held class's stretch of its pass-long sequence starts in this window.
+        let starts: Vec<usize> = (0..classes)
+            .map(|c| {
+                quotas[..key.index.min(quotas.len())]
+                    .iter()
+                    .map(|q| q[c])
+                    .sum()
+            })
+            .collect();
+        let pass_key = self.pass_key(key.pass);
+        let order = window_order(
+            derive(pass_key, &[1, key.index as u64]),
+            &by_class,
+            &quota,
+            derive(pass_key, &[2]),
+            &held_members,
+            &starts,
+        );
+        if let Some(r) = &mut self.resident {
+            r.order = Some((key, order.clone()));
+        }
+        Ok(order)
     }
 
     /// Gives every variable of `opt` a zero gradient: a rank with no rows in a global batch
@@ -463,11 +965,12 @@ impl Trainer {
         Ok(Vec::<f64>::try_from(t.f_to_device(Device::Cpu)?)?)
     }
 
-    /// The epoch's row order (global positions): a permutation of all training rows, or with
-    /// `class_balance` or `epoch_rows` set, a class-tempered draw (see `epoch`).
+    /// The epoch's row order (global positions) over a training set in memory: a permutation of
+    /// all training rows, or with `class_balance` or `epoch_rows` set, a class-tempered draw
+    /// (see `epoch`).
     fn order(
         &mut self,
-        train: &Table,
+        train: &dyn RowSource,
         global_rows: usize,
         replicas: &mut dyn Replicas,
     ) -> Result<Vec<usize>> {
@@ -486,41 +989,43 @@ impl Trainer {
     }
 
     /// The class of every dataset-wide training position, gathered once from all ranks (each
-    /// fills in its own positions; a sum over ranks completes the vector).
+    /// fills in the positions of its loaded rows; a sum over ranks completes the vector).
     fn position_labels(
         &mut self,
-        train: &Table,
+        train: &dyn RowSource,
         global_rows: usize,
         replicas: &mut dyn Replicas,
     ) -> Result<&[u32]> {
         if self.position_labels.is_none() {
-            let labels = match &self.sharding {
-                None => train.labels.clone(),
-                Some(sh) => {
-                    // Labels + 1, so a position no rank filled in shows as 0. Class codes are
-                    // far below 2^24, exact in float32.
-                    let mut mine = vec![0f32; global_rows];
-                    for (p, &local) in sh.local_of.iter().enumerate() {
-                        if local != NOT_LOCAL {
-                            mine[p] = (train.labels[local as usize] + 1) as f32;
-                        }
-                    }
-                    let t = Tensor::f_from_slice(&mine)?.f_to_device(self.model.device())?;
-                    replicas.all_reduce_sum(std::slice::from_ref(&t))?;
-                    let all = Vec::<f32>::try_from(t.f_to_device(Device::Cpu)?)?;
-                    let mut labels = Vec::with_capacity(global_rows);
-                    for (p, v) in all.into_iter().enumerate() {
-                        if v < 1.0 || v.fract() != 0.0 {
-                            return Err(ModelError::TableLayout {
-                                reason: format!(
-                                    "training position {p} is held by no rank, or by several"
-                                ),
-                            });
-                        }
-                        labels.push(v as u32 - 1);
-                    }
-                    labels
+            let (table, positions) = train.loaded();
+            let labels = if train.world() == 1 && positions.len() == global_rows {
+                let mut labels = vec![0u32; global_rows];
+                for (&p, &l) in positions.iter().zip(&table.labels) {
+                    labels[p] = l;
                 }
+                labels
+            } else {
+                // Labels + 1, so a position no rank filled in shows as 0. Class codes are
+                // far below 2^24, exact in float32.
+                let mut mine = vec![0f32; global_rows];
+                for (&p, &l) in positions.iter().zip(&table.labels) {
+                    mine[p] = (l + 1) as f32;
+                }
+                let t = Tensor::f_from_slice(&mine)?.f_to_device(self.model.device())?;
+                replicas.all_reduce_sum(std::slice::from_ref(&t))?;
+                let all = Vec::<f32>::try_from(t.f_to_device(Device::Cpu)?)?;
+                let mut labels = Vec::with_capacity(global_rows);
+                for (p, v) in all.into_iter().enumerate() {
+                    if v < 1.0 || v.fract() != 0.0 {
+                        return Err(ModelError::TableLayout {
+                            reason: format!(
+                                "training position {p} is held by no rank, or by several"
+                            ),
+                        });
+                    }
+                    labels.push(v as u32 - 1);
+                }
+                labels
             };
             self.position_labels = Some(labels);
         }
@@ -571,16 +1076,61 @@ impl Trainer {
 
     /// The rows `idx` of `table`, preprocessed onto the model's device.
     fn encode_rows(&self, table: &Table, idx: &[usize]) -> Result<Batch> {
-        self.model
-            .preprocessor()
-            .encode(&table.select(idx), self.model.device())
+        encode_rows(&self.model, table, idx)
+    }
+
+    /// Runs `f` over every local training row once, preprocessed in chunks: over the loaded
+    /// rows when they are the whole training set, else window by window in group order.
+    fn scan<T>(
+        &mut self,
+        train: &mut dyn RowSource,
+        f: impl FnOnce(&FlowModel, &mut dyn Iterator<Item = Result<Batch>>) -> Result<T>,
+    ) -> Result<T> {
+        let groups = train.group_rows().len();
+        let windows: Vec<Vec<usize>> = if self.streaming(train) {
+            // Forget the loaded window: the scan replaces it.
+            self.resident = None;
+            self.latents = None;
+            let window = self.train.shuffle_window_rows as usize;
+            cut_windows(0..groups, train.group_rows(), window)
+        } else {
+            let all: Vec<usize> = (0..groups).collect();
+            self.enter(train, &all, &[])?;
+            vec![all]
+        };
+        let model = &self.model;
+        let mut window = 0usize;
+        let mut next_row = 0usize;
+        let mut loaded = !self.streaming(train);
+        let mut batches = std::iter::from_fn(|| {
+            loop {
+                if loaded {
+                    let (table, _) = train.loaded();
+                    if next_row < table.rows() {
+                        let end = (next_row + EVAL_CHUNK_ROWS).min(table.rows());
+                        let idx: Vec<usize> = (next_row..end).collect();
+                        next_row = end;
+                        return Some(encode_rows(model, table, &idx));
+                    }
+                    window += 1;
+                }
+                let groups = windows.get(window)?;
+                if let Err(e) = train.load(groups, &[]) {
+                    window = windows.len();
+                    return Some(Err(e));
+                }
+                loaded = true;
+                next_row = 0;
+            }
+        });
+        f(model, &mut batches)
     }
 
     fn vae_epoch(
         &mut self,
-        train: &Table,
+        source: &mut dyn RowSource,
         val: &Table,
-        batches: Vec<StepRows>,
+        segments: Vec<Segment>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -592,49 +1142,50 @@ impl Trainer {
         let (mut mse, mut ce, mut kl, mut image_mse, mut image_kl) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let mut steps = 0;
         let mut rows = 0;
-        for step in batches {
-            let idx = &step.local;
-            rows += step.global;
-            self.vae_opt.zero_grad();
-            if idx.is_empty() {
-                Self::zero_gradients(&self.vae_opt)?;
-            } else {
-                let batch = self.encode_rows(train, idx)?;
-                let eps = self.model.vae_noise(noise_key, &step.slots)?;
-                let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
-                // This rank's share of the global batch's mean loss (exactly 1 when alone).
-                let share = idx.len() as f64 / step.global as f64;
-                loss.tabular.total.f_mul_scalar(share)?.f_backward()?;
-                let w = idx.len() as f64;
-                mse += loss.tabular.mse * w;
-                ce += loss.tabular.ce * w;
-                kl += loss.tabular.kl * w;
-                image_mse += loss.image_mse * w;
-                image_kl += loss.image_kl * w;
+        for segment in segments {
+            let batches = self.segment_batches(source, segment, replicas)?;
+            let (train, _) = source.loaded();
+            for step in batches {
+                let idx = &step.local;
+                rows += step.global;
+                self.vae_opt.zero_grad();
+                if idx.is_empty() {
+                    Self::zero_gradients(&self.vae_opt)?;
+                } else {
+                    let batch = self.encode_rows(train, idx)?;
+                    let eps = self.model.vae_noise(noise_key, &step.slots)?;
+                    let loss = self.model.vae_loss(&batch, beta, Some(&eps))?;
+                    // This rank's share of the global batch's mean loss (exactly 1 when alone).
+                    let share = idx.len() as f64 / step.global as f64;
+                    loss.tabular.total.f_mul_scalar(share)?.f_backward()?;
+                    let w = idx.len() as f64;
+                    mse += loss.tabular.mse * w;
+                    ce += loss.tabular.ce * w;
+                    kl += loss.tabular.kl * w;
+                    image_mse += loss.image_mse * w;
+                    image_kl += loss.image_kl * w;
+                }
+                let grads = self.vae_opt.gradients()?;
+                replicas.reduce_gradients(&grads)?;
+                self.vae_opt.step()?;
+                self.state.global_step += 1;
+                steps += 1;
+                replicas.after_step(self.vae_opt.params())?;
             }
-            let grads = self.vae_opt.gradients()?;
-            replicas.reduce_gradients(&grads)?;
-            self.vae_opt.step()?;
-            self.state.global_step += 1;
-            steps += 1;
-            replicas.after_step(self.vae_opt.params())?;
         }
         let sums = self.sum_over_replicas(replicas, &[mse, ce, kl, image_mse, image_kl])?;
         let n = rows as f64;
         let [mse, ce, kl, image_mse, image_kl] = [0, 1, 2, 3, 4].map(|i| sums[i] / n);
         let (val_loss, coherence) = match self.validation_loss(val, replicas)? {
             (Some(v), c) => (v, c),
-            (None, _) => (
-                mse + ce + image_mse,
-                self.coherence_over(train, EVAL_CHUNK_ROWS.min(train.rows()), replicas)?,
-            ),
+            (None, _) => (mse + ce + image_mse, self.coherence_over(source, replicas)?),
         };
         self.update_beta(val_loss);
         self.state.epoch_in_stage += 1;
         let epoch = self.state.epoch_in_stage;
         let finished = epoch >= self.stage_epochs(Stage::Vae);
         if finished {
-            self.finish_vae(train, replicas)?;
+            self.finish_vae(source, replicas)?;
         }
         let seconds = started.elapsed().as_secs_f64();
         Ok(EpochReport {
@@ -689,17 +1240,18 @@ impl Trainer {
         Ok((Some(total[0] / total[2]), coherence))
     }
 
-    /// Cross-modal coherence over the first `rows` training rows of every replica
-    /// (multimodal; `None` otherwise).
+    /// Cross-modal coherence over the first loaded training rows of every replica (at most
+    /// one evaluation chunk each; multimodal, `None` otherwise).
     fn coherence_over(
         &self,
-        train: &Table,
-        rows: usize,
+        source: &dyn RowSource,
         replicas: &mut dyn Replicas,
     ) -> Result<Option<f64>> {
         if self.model.mode() != ModelMode::Multimodal {
             return Ok(None);
         }
+        let (train, _) = source.loaded();
+        let rows = EVAL_CHUNK_ROWS.min(train.rows());
         let idx: Vec<usize> = (0..rows).collect();
         let c = match rows {
             0 => 0.0,
@@ -732,10 +1284,8 @@ impl Trainer {
 
     /// Ends the VAE stage: fits the latent mean over all training rows (of all replicas), enters
     /// the diffusion stage.
-    fn finish_vae(&mut self, train: &Table, replicas: &mut dyn Replicas) -> Result<()> {
-        let (sum, rows) = self
-            .model
-            .latent_sums(&mut eval_chunks(train.rows()).map(|idx| self.encode_rows(train, &idx)))?;
+    fn finish_vae(&mut self, train: &mut dyn RowSource, replicas: &mut dyn Replicas) -> Result<()> {
+        let (sum, rows) = self.scan(train, |model, batches| model.latent_sums(batches))?;
         let rows = Tensor::f_from_slice(&[rows as f64])?.f_to_device(self.model.device())?;
         replicas.all_reduce_sum(&[sum.shallow_clone(), rows.shallow_clone()])?;
         let rows = rows.f_double_value(&[0])?;
@@ -755,8 +1305,8 @@ impl Trainer {
 
     fn diffusion_epoch(
         &mut self,
-        train: &Table,
-        batches: Vec<StepRows>,
+        source: &mut dyn RowSource,
+        segments: Vec<Segment>,
         replicas: &mut dyn Replicas,
     ) -> Result<EpochReport> {
         let started = Instant::now();
@@ -779,51 +1329,55 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut steps = 0;
         let mut rows = 0;
-        for step in batches {
-            let idx = &step.local;
-            rows += step.global;
-            self.diffusion_opt.zero_grad();
-            if joint {
-                self.vae_opt.zero_grad();
-            }
-            if idx.is_empty() {
-                Self::zero_gradients(&self.diffusion_opt)?;
+        for segment in segments {
+            let batches = self.segment_batches(source, segment, replicas)?;
+            let (train, _) = source.loaded();
+            for step in batches {
+                let idx = &step.local;
+                rows += step.global;
+                self.diffusion_opt.zero_grad();
                 if joint {
-                    Self::zero_gradients(&self.vae_opt)?;
+                    self.vae_opt.zero_grad();
                 }
-            } else {
-                let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
-                let (loss, total) = if joint {
-                    // One encoder pass: the denoiser trains on the posterior means the VAE loss
-                    // computed, so its gradient reaches the encoders through them.
-                    let batch = self.encode_rows(train, idx)?;
-                    let eps = self.model.vae_noise(vae_noise_key, &step.slots)?;
-                    let vae = self.model.vae_loss(&batch, beta, Some(&eps))?;
-                    let z = self.model.diffusion_latent(&vae.latent)?;
-                    let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
-                    let total = &edm + vae.tabular.total;
-                    (edm, total)
+                if idx.is_empty() {
+                    Self::zero_gradients(&self.diffusion_opt)?;
+                    if joint {
+                        Self::zero_gradients(&self.vae_opt)?;
+                    }
                 } else {
-                    let (z, label) = self.cached_latents(train, idx)?;
-                    let edm = self.model.denoiser_loss(&z, &label, &noise)?;
-                    (edm.shallow_clone(), edm)
-                };
-                let share = idx.len() as f64 / step.global as f64;
-                total.f_mul_scalar(share)?.f_backward()?;
-                loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
+                    let noise = EdmNoise::draw(noise_key, &step.slots, dim, dropout, device)?;
+                    let (loss, total) = if joint {
+                        // One encoder pass: the denoiser trains on the posterior means the VAE loss
+                        // computed, so its gradient reaches the encoders through them.
+                        let batch = self.encode_rows(train, idx)?;
+                        let eps = self.model.vae_noise(vae_noise_key, &step.slots)?;
+                        let vae = self.model.vae_loss(&batch, beta, Some(&eps))?;
+                        let z = self.model.diffusion_latent(&vae.latent)?;
+                        let edm = self.model.denoiser_loss(&z, &batch.label, &noise)?;
+                        let total = &edm + vae.tabular.total;
+                        (edm, total)
+                    } else {
+                        let (z, label) = self.cached_latents(train, idx)?;
+                        let edm = self.model.denoiser_loss(&z, &label, &noise)?;
+                        (edm.shallow_clone(), edm)
+                    };
+                    let share = idx.len() as f64 / step.global as f64;
+                    total.f_mul_scalar(share)?.f_backward()?;
+                    loss_sum += scalar(&loss.f_detach()?)? * idx.len() as f64;
+                }
+                let mut grads = self.diffusion_opt.gradients()?;
+                if joint {
+                    grads.extend(self.vae_opt.gradients()?);
+                }
+                replicas.reduce_gradients(&grads)?;
+                self.diffusion_opt.step()?;
+                if joint {
+                    self.vae_opt.step()?;
+                }
+                self.state.global_step += 1;
+                steps += 1;
+                replicas.after_step(self.diffusion_opt.params())?;
             }
-            let mut grads = self.diffusion_opt.gradients()?;
-            if joint {
-                grads.extend(self.vae_opt.gradients()?);
-            }
-            replicas.reduce_gradients(&grads)?;
-            self.diffusion_opt.step()?;
-            if joint {
-                self.vae_opt.step()?;
-            }
-            self.state.global_step += 1;
-            steps += 1;
-            replicas.after_step(self.diffusion_opt.params())?;
         }
         let loss_sum = self.sum_over_replicas(replicas, &[loss_sum])?[0];
         self.state.epoch_in_stage += 1;
@@ -854,47 +1408,26 @@ impl Trainer {
     }
 }
 
-/// A [`Partition`] with its global-position lookup, built once.
-#[derive(Debug)]
-struct Sharding {
-    world: usize,
-    global_rows: usize,
-    local_rows: usize,
-    /// Global position -> local row (`NOT_LOCAL` if another rank holds it).
-    local_of: Vec<u32>,
+/// Each group's first position, and the total after the last group.
+fn group_starts(group_rows: &[usize]) -> Vec<usize> {
+    let mut first = Vec::with_capacity(group_rows.len() + 1);
+    first.push(0usize);
+    for &n in group_rows {
+        first.push(first.last().copied().unwrap_or(0) + n);
+    }
+    first
 }
 
-impl Sharding {
-    fn new(p: Partition) -> Result<Self> {
-        if p.world == 0 || p.global_rows >= NOT_LOCAL as usize {
-            return Err(ModelError::TableLayout {
-                reason: format!(
-                    "partition of {} global rows over {} ranks is not supported",
-                    p.global_rows, p.world
-                ),
-            });
-        }
-        let mut local_of = vec![NOT_LOCAL; p.global_rows];
-        for (i, &pos) in p.positions.iter().enumerate() {
-            match local_of.get_mut(pos) {
-                Some(slot) if *slot == NOT_LOCAL => *slot = i as u32,
-                _ => {
-                    return Err(ModelError::TableLayout {
-                        reason: format!(
-                            "partition position {pos} is out of range (0..{}) or repeated",
-                            p.global_rows
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(Self {
-            world: p.world,
-            global_rows: p.global_rows,
-            local_rows: p.positions.len(),
-            local_of,
-        })
-    }
+/// Rows of the dataset-wide training set of `source` (over all ranks).
+fn global_rows(source: &dyn RowSource) -> usize {
+    source.group_rows().iter().sum()
+}
+
+/// The rows `idx` of `table`, preprocessed onto `model`'s device.
+fn encode_rows(model: &FlowModel, table: &Table, idx: &[usize]) -> Result<Batch> {
+    model
+        .preprocessor()
+        .encode(&table.select(idx), model.device())
 }
 
 /// Row indices `0..n` in chunks of [`EVAL_CHUNK_ROWS`] (evaluation passes without gradients).

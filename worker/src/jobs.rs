@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flowsynth_common::checkpoint::{self, CheckpointMeta, LoadedCheckpoint, sha256_hex};
+use flowsynth_common::checkpoint::{self, CheckpointMeta, LoadedCheckpoint};
 use flowsynth_common::config::JobConfig;
 use flowsynth_common::dataset;
 use flowsynth_common::manifest::{DatasetManifest, ImageView};
 use flowsynth_common::store::{Location, block_on};
-use flowsynth_common::table::{self, Layout, Table};
+use flowsynth_common::table::{self, Layout};
 use flowsynth_proto::{Assignment, Progress, SampleSpec, TrainSpec};
 use tch::{Device, Tensor};
 use tokio::sync::watch;
@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use crate::augment;
 use crate::ddp::DataParallel;
 use crate::error::{Error, Result};
+use crate::shards::ShardRows;
 use flowsynth_collective::{
     Collective, Membership, Nccl, NcclUniqueId, TcpConfig, TcpListenerHandle, TcpRing,
 };
-use flowsynth_model::rng::{derive, permutation, tag};
-use flowsynth_model::{FlowModel, Partition, SamplerOptions, Stage, TrainState, Trainer};
+use flowsynth_model::{FlowModel, SamplerOptions, Stage, TrainState, Trainer};
 
 /// Rows per row group in sampled output.
 const OUTPUT_ROW_GROUP_ROWS: usize = 65_536;
@@ -113,162 +113,25 @@ fn cuda(n: usize, name: &str) -> Result<Device> {
     }
 }
 
+/// This process's peak resident memory so far (Linux `VmHWM`), for the training log; empty
+/// where the kernel does not report it.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| format!("; peak memory {:.0} MiB", kb / 1024.0))
+        .unwrap_or_default()
+}
+
 fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Vae => "vae",
         Stage::Diffusion => "diffusion",
         Stage::Done => "done",
-    }
-}
-
-/// Reads the row groups assigned to this rank, verifying each part against the manifest.
-/// Returns the rows and each row's dataset-wide id (its index in the dataset: parts in manifest
-/// order, row groups in file order), which keys its noise and its role in the global split.
-fn read_shards(
-    data: &Location,
-    manifest: &DatasetManifest,
-    a: &Assignment,
-) -> Result<(Table, Vec<u64>)> {
-    let layout = Layout::new(manifest)?;
-    let mut table = Table::empty(&layout);
-    let mut ids = Vec::new();
-    let mut next = 0u64;
-    let offsets: Vec<u64> = manifest
-        .parts
-        .iter()
-        .map(|p| {
-            let o = next;
-            next += p.rows;
-            o
-        })
-        .collect();
-    for shard in &a.shards {
-        let (index, part) = manifest
-            .parts
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.path == shard.part_path)
-            .ok_or_else(|| Error::Assignment {
-                reason: format!("part `{}` is not in the dataset manifest", shard.part_path),
-            })?;
-        let bytes = block_on(data.get(&part.path))?;
-        if sha256_hex(&bytes) != part.sha256 {
-            return Err(flowsynth_common::Error::InvalidPart {
-                location: data.display(&part.path),
-                reason: "content does not match its sha256 in dataset.json (modified or corrupt)"
-                    .into(),
-            }
-            .into());
-        }
-        let mut groups: Vec<usize> = shard.row_groups.iter().map(|&g| g as usize).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        for &g in &groups {
-            let Some(&rows) = part.row_groups.get(g) else {
-                return Err(Error::Assignment {
-                    reason: format!(
-                        "row group {g} of `{}` does not exist ({} row groups)",
-                        part.path,
-                        part.row_groups.len()
-                    ),
-                });
-            };
-            let start = offsets[index] + part.row_groups[..g].iter().sum::<u64>();
-            ids.extend(start..start + rows);
-        }
-        let t = table::read_parquet(
-            bytes,
-            manifest,
-            &layout,
-            Some(groups),
-            &data.display(&part.path),
-        )?;
-        table.append(&t);
-    }
-    if ids.len() != table.rows() {
-        return Err(Error::Assignment {
-            reason: format!(
-                "the assigned row groups should hold {} rows but {} were read",
-                ids.len(),
-                table.rows()
-            ),
-        });
-    }
-    Ok((table, ids))
-}
-
-/// The dataset-wide split, the same on every rank whatever the sharding: a seeded permutation of
-/// all row ids; its first `max_rows` (all when 0) are used, and the first `validation_fraction`
-/// of those are held out. Training rows are numbered in id order (their global positions).
-struct GlobalSplit {
-    /// Per dataset row: its training position, [`HELD_OUT`] or [`UNUSED`].
-    role: Vec<u32>,
-    train_rows: usize,
-}
-
-const HELD_OUT: u32 = u32::MAX - 1;
-const UNUSED: u32 = u32::MAX;
-
-/// This rank's part of the split.
-struct LocalRows {
-    train: Table,
-    positions: Vec<usize>,
-    val: Table,
-}
-
-impl GlobalSplit {
-    fn new(total_rows: u64, cfg: &JobConfig) -> Result<Self> {
-        if total_rows >= u64::from(HELD_OUT) {
-            return Err(Error::Assignment {
-                reason: format!(
-                    "{total_rows} rows exceed what one training job supports (2^32 - 2)"
-                ),
-            });
-        }
-        let total = total_rows as usize;
-        let perm = permutation(derive(cfg.train.seed, &[tag::SPLIT]), total);
-        let (kept, n_val) = cfg.train.split_sizes(total_rows);
-        let (kept, n_val) = (kept as usize, n_val as usize);
-        let mut role = vec![UNUSED; total];
-        for &id in &perm[..n_val] {
-            role[id] = HELD_OUT;
-        }
-        for &id in &perm[n_val..kept] {
-            role[id] = 0;
-        }
-        let mut train_rows = 0usize;
-        for r in role.iter_mut().filter(|r| **r == 0) {
-            *r = train_rows as u32;
-            train_rows += 1;
-        }
-        Ok(Self { role, train_rows })
-    }
-
-    fn local(&self, table: &Table, ids: &[u64]) -> Result<LocalRows> {
-        let (mut train, mut positions, mut val) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, &id) in ids.iter().enumerate() {
-            match self.role.get(id as usize).copied() {
-                Some(UNUSED) => {}
-                Some(HELD_OUT) => val.push(i),
-                Some(pos) => {
-                    train.push(i);
-                    positions.push(pos as usize);
-                }
-                None => {
-                    return Err(Error::Assignment {
-                        reason: format!(
-                            "row id {id} is outside the dataset's {} rows",
-                            self.role.len()
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(LocalRows {
-            train: table.select(&train),
-            positions,
-            val: table.select(&val),
-        })
     }
 }
 
@@ -425,29 +288,27 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     });
     let data = Location::parse(&spec.data_url)?;
     let manifest = block_on(dataset::load_manifest(&data))?;
-    let (rows, ids) = read_shards(&data, &manifest, a)?;
-    let split = GlobalSplit::new(manifest.total_rows, &cfg)?;
-    let LocalRows {
-        train,
-        positions,
-        val,
-    } = split.local(&rows, &ids)?;
-    drop(rows);
+    let (mut train, val) = ShardRows::open(&data, &manifest, a, &cfg)?;
+    let global_rows = train.global_rows();
     let world = a.world_size.max(1) as usize;
+    let streamed =
+        cfg.train.shuffle_window_rows > 0 && global_rows as u64 > cfg.train.shuffle_window_rows;
     tracing::info!(
-        "rank {}/{world} training on {} of {} rows ({} held out here) on {device:?}",
+        "rank {}/{world} training on {global_rows} rows over all ranks ({} held out here; {}{}) on {device:?}",
         a.rank,
-        train.rows(),
-        split.train_rows,
-        val.rows()
+        val.rows(),
+        if streamed {
+            format!(
+                "streamed by row group, {} rows at a time",
+                cfg.train.shuffle_window_rows
+            )
+        } else {
+            "all in memory".to_string()
+        },
+        peak_memory()
     );
     let root = Location::parse(&spec.checkpoints_url)?;
     let mut trainer = Trainer::new(&manifest, &cfg.train, &cfg.model, device)?;
-    trainer.set_partition(Some(Partition {
-        world,
-        global_rows: split.train_rows,
-        positions,
-    }))?;
     if let Some(ck) = block_on(checkpoint::latest(&root))? {
         if ck.manifest.meta.dataset_content_hash != manifest.content_hash {
             return Err(Error::Checkpoint {
@@ -498,7 +359,7 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     let collective = open_collective(a, ctx, device, &cfg)?;
     let batch = cfg.train.batch_size.max(1);
     let steps_per_epoch =
-        (cfg.train.rows_per_epoch(split.train_rows as u64) as usize).div_ceil(batch * world) as u64;
+        (cfg.train.rows_per_epoch(global_rows as u64) as usize).div_ceil(batch * world) as u64;
     // The running epoch (stage, number, of, start), for the per-step progress.
     let epoch_info = Arc::new(std::sync::Mutex::new((
         String::new(),
@@ -553,7 +414,9 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
 
     let mut last_url = String::new();
     loop {
-        let stage = trainer.settle(&train, &mut replicas).map_err(stopped)?;
+        let stage = trainer
+            .settle_from(&mut train, &mut replicas)
+            .map_err(stopped)?;
         if stage == Stage::Done {
             break;
         }
@@ -567,7 +430,7 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             ctx.progress.send_modify(|p| p.loss = 0.0);
         }
         let report = trainer
-            .run_epoch(&train, &val, &mut replicas)
+            .run_epoch_from(&mut train, &val, &mut replicas)
             .map_err(stopped)?;
         ctx.check_stop()?;
         let when = format!("after {} epoch {epoch}", stage_name(stage));
@@ -589,12 +452,13 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
             .map(|c| format!(", cross-modal coherence {c:.4}"))
             .unwrap_or_default();
         tracing::info!(
-            "{} epoch {epoch}/{epochs}: loss {:.4}{coherence} ({:.0} rows/s over {world} rank(s); {:.1}% of {:.1} s in collectives)",
+            "{} epoch {epoch}/{epochs}: loss {:.4}{coherence} ({:.0} rows/s over {world} rank(s); {:.1}% of {:.1} s in collectives{})",
             stage_name(stage),
             report.loss,
             report.rows_per_second,
             100.0 * in_collectives / report.seconds.max(1e-9),
             report.seconds,
+            peak_memory(),
         );
         let stage_changed = trainer.state().stage != stage;
         let periodic = (epoch as usize).is_multiple_of(cfg.train.checkpoint_every);

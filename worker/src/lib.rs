@@ -7,6 +7,7 @@ pub mod ddp;
 pub mod error;
 pub mod jobs;
 pub mod runtime;
+pub mod shards;
 
 pub use error::{Error, Result};
 pub use runtime::{WorkerOptions, run};
