@@ -127,6 +127,12 @@ impl TrainConfig {
         (used, held_out.min(used.saturating_sub(1)))
     }
 
+    /// Whether a training set of `train_rows` rows in `groups` row groups is streamed window by
+    /// window (see `shuffle_window_rows`) rather than held in memory whole.
+    pub fn streams(&self, train_rows: u64, groups: usize) -> bool {
+        self.shuffle_window_rows > 0 && groups > 1 && train_rows > self.shuffle_window_rows
+    }
+
     /// Rows one epoch draws from `train_rows` training rows (see `epoch_rows`).
     pub fn rows_per_epoch(&self, train_rows: u64) -> u64 {
         if self.epoch_rows > 0 {

@@ -176,6 +176,8 @@ pub struct Trainer {
     /// Streaming: the rarest classes, held in memory through every window (see
     /// `everywhere_classes`), and the positions of their rows by class (gathered once).
     held: Option<Held>,
+    /// Streaming: the plan of the pass the trainer is in, with its stage and number.
+    plan: Option<(Stage, u64, PassPlan)>,
     /// The groups the row source has loaded for this trainer and where their rows sit.
     resident: Option<Resident>,
     /// Denoiser stage: the diffusion-space latents and class codes of the local training rows,
@@ -222,6 +224,8 @@ struct PassPlan {
     windows: Vec<Vec<usize>>,
     /// `[window][class]`: slots of each class in each window.
     quotas: Vec<Vec<usize>>,
+    /// Slots of each window (they sum to the training rows).
+    lengths: Vec<usize>,
 }
 
 /// A stretch of an epoch drawn from one set of loaded groups.
@@ -304,6 +308,7 @@ impl Trainer {
             position_labels: None,
             group_counts: None,
             held: None,
+            plan: None,
             resident: None,
             latents: None,
         })
@@ -361,6 +366,7 @@ impl Trainer {
         self.position_labels = None;
         self.group_counts = None;
         self.held = None;
+        self.plan = None;
         self.resident = None;
         self.latents = None;
     }
@@ -509,8 +515,8 @@ impl Trainer {
 
     /// Whether `train` is streamed window by window rather than loaded whole.
     fn streaming(&self, train: &dyn RowSource) -> bool {
-        let window = self.train.shuffle_window_rows as usize;
-        window > 0 && train.group_rows().len() > 1 && global_rows(train) > window
+        self.train
+            .streams(global_rows(train) as u64, train.group_rows().len())
     }
 
     /// The epoch's stretches of rows. A training set in memory: one, the epoch's positions.
@@ -539,18 +545,12 @@ impl Trainer {
         let epoch = self.state.epoch_in_stage as u64;
         let (start, end) = (epoch * rows as u64, (epoch + 1) * rows as u64);
         let mut segments = Vec::new();
-        let mut pass_plan: Option<(u64, Vec<Vec<usize>>, Vec<usize>)> = None;
         let mut s = start;
         while s < end {
             let (pass, offset) = (s / all_rows as u64, (s % all_rows as u64) as usize);
-            if pass_plan.as_ref().is_none_or(|(p, _, _)| *p != pass) {
-                let PassPlan { windows, quotas } = self.pass_plan(train, pass, replicas)?;
-                let lengths = quotas.iter().map(|q| q.iter().sum()).collect();
-                pass_plan = Some((pass, windows, lengths));
-            }
-            let Some((_, windows, lengths)) = &pass_plan else {
-                break;
-            };
+            let PassPlan {
+                windows, lengths, ..
+            } = self.pass_plan(train, pass, replicas)?;
             // The window holding slot `offset` of the pass (its lengths sum to `all_rows`).
             let mut window_start = 0usize;
             let found = lengths.iter().enumerate().find(|&(_, &len)| {
@@ -578,26 +578,44 @@ impl Trainer {
         Ok(segments)
     }
 
-    /// Streaming: one pass's windows.
+    /// Streaming: the plan of pass `pass` of the current stage (kept until another is asked).
     fn pass_plan(
         &mut self,
         train: &mut dyn RowSource,
         pass: u64,
         replicas: &mut dyn Replicas,
-    ) -> Result<PassPlan> {
-        let key = self.pass_key(pass);
-        let window = self.train.shuffle_window_rows as usize;
-        let windows = pass_windows(derive(key, &[0]), train.group_rows(), window);
-        let rows = global_rows(train);
-        let classes = self.model.classes();
-        let balance = self.train.class_balance;
-        let mut held = vec![false; classes];
-        for c in self.held_classes(train, replicas)? {
-            held[c as usize] = true;
+    ) -> Result<&PassPlan> {
+        let stage = self.state.stage;
+        if self
+            .plan
+            .as_ref()
+            .is_none_or(|(st, p, _)| *st != stage || *p != pass)
+        {
+            let key = self.pass_key(pass);
+            let window = self.train.shuffle_window_rows as usize;
+            let windows = pass_windows(derive(key, &[0]), train.group_rows(), window);
+            let rows = global_rows(train);
+            let balance = self.train.class_balance;
+            let mut held = vec![false; self.model.classes()];
+            for c in self.held_classes(train, replicas)? {
+                held[c as usize] = true;
+            }
+            let counts = self.group_counts(train, replicas)?;
+            let quotas = window_quotas(&windows, counts, &held, balance, rows);
+            let lengths = quotas.iter().map(|q| q.iter().sum()).collect();
+            let plan = PassPlan {
+                windows,
+                quotas,
+                lengths,
+            };
+            self.plan = Some((stage, pass, plan));
         }
-        let counts = self.group_counts(train, replicas)?;
-        let quotas = window_quotas(&windows, counts, &held, balance, rows);
-        Ok(PassPlan { windows, quotas })
+        match &self.plan {
+            Some((_, _, plan)) => Ok(plan),
+            None => Err(ModelError::TableLayout {
+                reason: format!("no plan for pass {pass}"),
+            }),
+        }
     }
 
     /// Streaming: the classes held in memory (chosen once from the dataset-wide counts).
@@ -625,33 +643,29 @@ impl Trainer {
             .unwrap_or_default())
     }
 
-    /// Streaming: the positions of the held classes' rows, by class, gathered from all ranks
+    /// Streaming: gathers the positions of the held classes' rows, by class, from all ranks
     /// once (the loaded rows must include this rank's rows of those classes). Each rank writes
     /// its rows into a vector laid out by class, group and position, which the dataset-wide
     /// counts let every rank compute alike; a sum completes it.
-    fn held_members(
+    fn gather_held_members(
         &mut self,
         train: &dyn RowSource,
         replicas: &mut dyn Replicas,
-    ) -> Result<Vec<Vec<usize>>> {
-        if let Some(Held {
-            members: Some(m), ..
-        }) = &self.held
-        {
-            return Ok(m.clone());
+    ) -> Result<()> {
+        let Some(held) = &self.held else {
+            return Ok(());
+        };
+        if held.members.is_some() {
+            return Ok(());
         }
         let classes = self.model.classes();
-        let held = self
-            .held
-            .as_ref()
-            .map(|h| h.classes.clone())
-            .unwrap_or_default();
-        let counts = self.group_counts.clone().unwrap_or_default();
+        let counts = self.group_counts.as_deref().unwrap_or_default();
         let first = group_starts(train.group_rows());
         // slot_base[c][g]: where class c's rows of group g start in the gathered vector.
         let mut slot_base = vec![Vec::new(); classes];
+        let mut sizes = vec![0usize; classes];
         let mut next = 0usize;
-        for &c in &held {
+        for &c in &held.classes {
             let c = c as usize;
             slot_base[c] = counts
                 .iter()
@@ -661,23 +675,24 @@ impl Trainer {
                     at
                 })
                 .collect();
+            sizes[c] = next - slot_base[c].first().copied().unwrap_or(next);
         }
         let (table, positions) = train.loaded();
         let mut mine: Vec<(usize, usize)> = positions
             .iter()
             .zip(&table.labels)
-            .filter(|(_, l)| held.contains(l))
+            .filter(|(_, l)| held.classes.contains(l))
             .map(|(&p, &l)| (p, l as usize))
             .collect();
         mine.sort_unstable();
-        let mut gathered = vec![0f64; next];
+        let mut filled = vec![0f64; next];
         let mut taken: HashMap<(usize, usize), usize> = HashMap::new();
         for (p, c) in mine {
             let g = first.partition_point(|&f| f <= p) - 1;
             let j = taken.entry((g, c)).or_insert(0);
             let slot = slot_base[c].get(g).map(|b| b + *j);
             *j += 1;
-            match slot.and_then(|s| gathered.get_mut(s)) {
+            match slot.and_then(|s| filled.get_mut(s)) {
                 Some(v) if *j <= counts[g][c] => *v = (p + 1) as f64,
                 _ => {
                     return Err(ModelError::TableLayout {
@@ -688,26 +703,17 @@ impl Trainer {
                 }
             }
         }
-        let gathered = self.sum_over_replicas(replicas, &gathered)?;
-        let mut members = vec![Vec::new(); classes];
-        let mut k = 0usize;
-        for &c in &held {
-            let c = c as usize;
-            let n: usize = counts.iter().map(|g| g[c]).sum();
-            for &v in &gathered[k..k + n] {
-                if v < 1.0 || v.fract() != 0.0 {
-                    return Err(ModelError::TableLayout {
-                        reason: format!("a row of class {c} is held by no rank, or by several"),
-                    });
-                }
-                members[c].push(v as usize - 1);
-            }
-            k += n;
-        }
+        let mut all = self
+            .gather(replicas, filled, |i| format!("held row {i}"))?
+            .into_iter();
+        let members: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|&n| all.by_ref().take(n).collect())
+            .collect();
         if let Some(h) = &mut self.held {
-            h.members = Some(members.clone());
+            h.members = Some(members);
         }
-        Ok(members)
+        Ok(())
     }
 
     fn pass_key(&self, pass: u64) -> u64 {
@@ -805,25 +811,27 @@ impl Trainer {
     ) -> Result<Vec<StepRows>> {
         self.enter(train, &segment.groups, &segment.everywhere)?;
         let global_batch = self.train.batch_size * train.world();
-        let order = match segment.slots {
+        if let SegmentSlots::Window { key, .. } = &segment.slots {
+            self.window_order(train, *key, replicas)?;
+        }
+        let Some(resident) = &self.resident else {
+            return Ok(Vec::new());
+        };
+        let order: &[usize] = match &segment.slots {
             SegmentSlots::Positions(order) => order,
             SegmentSlots::Window { key, range } => {
-                let order = self.window_order(train, key, replicas)?;
-                order
+                let window = resident.order.as_ref().map_or(&[][..], |(_, o)| o);
+                window
                     .get(range.clone())
-                    .map(<[usize]>::to_vec)
                     .ok_or_else(|| ModelError::TableLayout {
                         reason: format!(
                             "window {} of pass {} has {} slots, not {range:?}",
                             key.index,
                             key.pass,
-                            order.len()
+                            window.len()
                         ),
                     })?
             }
-        };
-        let Some(resident) = &self.resident else {
-            return Ok(Vec::new());
         };
         Ok(order
             .chunks(global_batch)
@@ -846,28 +854,21 @@ impl Trainer {
             .collect())
     }
 
-    /// Streaming: the slot order of the loaded window `key` (its rows' classes are gathered
-    /// from all ranks), computed once per window.
+    /// Streaming: computes the slot order of the loaded window `key` into [`Resident::order`]
+    /// (its rows' classes are gathered from all ranks), once per window.
     fn window_order(
         &mut self,
         train: &mut dyn RowSource,
         key: WindowKey,
         replicas: &mut dyn Replicas,
-    ) -> Result<Vec<usize>> {
-        if let Some(Resident {
-            order: Some((k, order)),
-            ..
-        }) = &self.resident
-            && *k == key
-        {
-            return Ok(order.clone());
-        }
-        let groups = self
-            .resident
-            .as_ref()
-            .map(|r| r.groups.clone())
-            .unwrap_or_default();
-        let held_members = self.held_members(train, replicas)?;
+    ) -> Result<()> {
+        let groups = match &self.resident {
+            Some(r) if r.order.as_ref().is_some_and(|(k, _)| *k == key) => return Ok(()),
+            Some(r) => r.groups.clone(),
+            None => return Ok(()),
+        };
+        self.gather_held_members(train, replicas)?;
+        self.pass_plan(train, key.pass, replicas)?;
         let group_rows = train.group_rows();
         let first = group_starts(group_rows);
         // Each group's offset among the window's positions.
@@ -878,7 +879,7 @@ impl Trainer {
             width += group_rows.get(g).copied().unwrap_or(0);
         }
         let (table, positions) = train.loaded();
-        let mut mine = vec![0f32; width];
+        let mut mine = vec![0f64; width];
         for (i, &p) in positions.iter().enumerate() {
             let g = first.partition_point(|&f| f <= p) - 1;
             // A held class's row from a group outside the window.
@@ -886,36 +887,44 @@ impl Trainer {
                 continue;
             };
             if let Some(slot) = mine.get_mut(o + p - first[g]) {
-                *slot = (table.labels[i] + 1) as f32;
+                *slot = f64::from(table.labels[i]) + 1.0;
             }
         }
-        let labels = self.sum_over_replicas(
-            replicas,
-            &mine.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-        )?;
+        let window_positions: Vec<usize> = groups
+            .iter()
+            .flat_map(|&g| first[g]..first[g + 1])
+            .collect();
+        let labels = self.gather(replicas, mine, |k| {
+            format!("training position {}", window_positions[k])
+        })?;
+        let (
+            Some((_, _, plan)),
+            Some(Held {
+                members: Some(held_members),
+                ..
+            }),
+        ) = (&self.plan, &self.held)
+        else {
+            return Err(ModelError::TableLayout {
+                reason: "streaming state missing (pass plan or held rows)".into(),
+            });
+        };
         let classes = self.model.classes();
         let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-        let mut k = 0usize;
-        for &g in &groups {
-            for p in first[g]..first[g + 1] {
-                let v = labels[k];
-                k += 1;
-                let c = (v as usize).wrapping_sub(1);
-                match by_class.get_mut(c) {
-                    // Held classes are dealt from all their rows instead.
-                    Some(_) if v >= 1.0 && !held_members[c].is_empty() => {}
-                    Some(members) if v >= 1.0 && v.fract() == 0.0 => members.push(p),
-                    _ => {
-                        return Err(ModelError::TableLayout {
-                            reason: format!(
-                                "training position {p} is held by no rank, or by several"
-                            ),
-                        });
-                    }
+        for (&p, &c) in window_positions.iter().zip(&labels) {
+            // Held classes are dealt from all their rows instead.
+            match by_class.get_mut(c) {
+                Some(_) if !held_members[c].is_empty() => {}
+                Some(members) => members.push(p),
+                None => {
+                    return Err(ModelError::LabelOutOfRange {
+                        label: c as u64,
+                        classes,
+                    });
                 }
             }
         }
-        let PassPlan { quotas, .. } = self.pass_plan(train, key.pass, replicas)?;
+        let quotas = &plan.quotas;
         let quota = quotas.get(key.index).cloned().unwrap_or_default();
         // Where each held class's stretch of its pass-long sequence starts in this window.
         let starts: Vec<usize> = (0..classes)
@@ -932,13 +941,13 @@ impl Trainer {
             &by_class,
             &quota,
             derive(pass_key, &[2]),
-            &held_members,
+            held_members,
             &starts,
         );
         if let Some(r) = &mut self.resident {
-            r.order = Some((key, order.clone()));
+            r.order = Some((key, order));
         }
-        Ok(order)
+        Ok(())
     }
 
     /// Gives every variable of `opt` a zero gradient: a rank with no rows in a global batch
@@ -956,6 +965,32 @@ impl Trainer {
             t.f_backward()?;
         }
         Ok(())
+    }
+
+    /// Completes a vector every rank fills in part: each rank writes `value + 1` into the slots
+    /// it knows and leaves the others 0; the sum over replicas then holds every value, and a slot
+    /// left 0 or filled twice (no whole number) is an error naming `what(slot)`. Values must be
+    /// below 2^53 (exact in float64).
+    fn gather(
+        &self,
+        replicas: &mut dyn Replicas,
+        filled: Vec<f64>,
+        what: impl Fn(usize) -> String,
+    ) -> Result<Vec<usize>> {
+        let total = self.sum_over_replicas(replicas, &filled)?;
+        total
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if v < 1.0 || v.fract() != 0.0 {
+                    Err(ModelError::TableLayout {
+                        reason: format!("{} is held by no rank, or by several", what(i)),
+                    })
+                } else {
+                    Ok(v as usize - 1)
+                }
+            })
+            .collect()
     }
 
     /// Sums `values` (float64) over the replicas.
@@ -998,35 +1033,15 @@ impl Trainer {
     ) -> Result<&[u32]> {
         if self.position_labels.is_none() {
             let (table, positions) = train.loaded();
-            let labels = if train.world() == 1 && positions.len() == global_rows {
-                let mut labels = vec![0u32; global_rows];
-                for (&p, &l) in positions.iter().zip(&table.labels) {
-                    labels[p] = l;
-                }
-                labels
-            } else {
-                // Labels + 1, so a position no rank filled in shows as 0. Class codes are
-                // far below 2^24, exact in float32.
-                let mut mine = vec![0f32; global_rows];
-                for (&p, &l) in positions.iter().zip(&table.labels) {
-                    mine[p] = (l + 1) as f32;
-                }
-                let t = Tensor::f_from_slice(&mine)?.f_to_device(self.model.device())?;
-                replicas.all_reduce_sum(std::slice::from_ref(&t))?;
-                let all = Vec::<f32>::try_from(t.f_to_device(Device::Cpu)?)?;
-                let mut labels = Vec::with_capacity(global_rows);
-                for (p, v) in all.into_iter().enumerate() {
-                    if v < 1.0 || v.fract() != 0.0 {
-                        return Err(ModelError::TableLayout {
-                            reason: format!(
-                                "training position {p} is held by no rank, or by several"
-                            ),
-                        });
-                    }
-                    labels.push(v as u32 - 1);
-                }
-                labels
-            };
+            let mut mine = vec![0.0; global_rows];
+            for (&p, &l) in positions.iter().zip(&table.labels) {
+                mine[p] = f64::from(l) + 1.0;
+            }
+            let labels = self
+                .gather(replicas, mine, |p| format!("training position {p}"))?
+                .into_iter()
+                .map(|l| l as u32)
+                .collect();
             self.position_labels = Some(labels);
         }
         Ok(self.position_labels.as_deref().unwrap_or_default())
@@ -1087,7 +1102,8 @@ impl Trainer {
         f: impl FnOnce(&FlowModel, &mut dyn Iterator<Item = Result<Batch>>) -> Result<T>,
     ) -> Result<T> {
         let groups = train.group_rows().len();
-        let windows: Vec<Vec<usize>> = if self.streaming(train) {
+        let streaming = self.streaming(train);
+        let windows: Vec<Vec<usize>> = if streaming {
             // Forget the loaded window: the scan replaces it.
             self.resident = None;
             self.latents = None;
@@ -1101,7 +1117,7 @@ impl Trainer {
         let model = &self.model;
         let mut window = 0usize;
         let mut next_row = 0usize;
-        let mut loaded = !self.streaming(train);
+        let mut loaded = !streaming;
         let mut batches = std::iter::from_fn(|| {
             loop {
                 if loaded {

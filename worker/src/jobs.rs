@@ -26,6 +26,7 @@ use crate::shards::ShardRows;
 use flowsynth_collective::{
     Collective, Membership, Nccl, NcclUniqueId, TcpConfig, TcpListenerHandle, TcpRing,
 };
+use flowsynth_model::RowSource;
 use flowsynth_model::{FlowModel, SamplerOptions, Stage, TrainState, Trainer};
 
 /// Rows per row group in sampled output.
@@ -291,8 +292,9 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     let (mut train, val) = ShardRows::open(&data, &manifest, a, &cfg)?;
     let global_rows = train.global_rows();
     let world = a.world_size.max(1) as usize;
-    let streamed =
-        cfg.train.shuffle_window_rows > 0 && global_rows as u64 > cfg.train.shuffle_window_rows;
+    let streamed = cfg
+        .train
+        .streams(global_rows as u64, train.group_rows().len());
     tracing::info!(
         "rank {}/{world} training on {global_rows} rows over all ranks ({} held out here; {}{}) on {device:?}",
         a.rank,

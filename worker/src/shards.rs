@@ -115,7 +115,7 @@ impl ShardRows {
         let split = Split::new(manifest.total_rows, cfg);
         let classes = manifest.classes()?.len();
         // Every row group of the dataset, in id order, with its training rows.
-        let (mut group_rows, mut group_first) = (Vec::new(), Vec::new());
+        let (mut group_rows, mut group_first, mut first_id) = (Vec::new(), Vec::new(), Vec::new());
         let mut first_group = Vec::with_capacity(manifest.parts.len());
         let (mut id, mut position) = (0u64, 0usize);
         for part in &manifest.parts {
@@ -124,6 +124,7 @@ impl ShardRows {
                 let train = (id..id + rows)
                     .filter(|&i| split.role(i) == Role::Train)
                     .count();
+                first_id.push(id);
                 group_first.push(position);
                 group_rows.push(train);
                 position += train;
@@ -140,8 +141,7 @@ impl ShardRows {
         }
         let global_rows = position;
         let world = a.world_size.max(1) as usize;
-        let window = cfg.train.shuffle_window_rows as usize;
-        let keep_all = window == 0 || group_rows.len() <= 1 || global_rows <= window;
+        let keep_all = !cfg.train.streams(global_rows as u64, group_rows.len());
 
         let mut source = Self {
             data: data.clone(),
@@ -206,40 +206,38 @@ impl ShardRows {
                 let owned = OwnedGroup {
                     part: part_slot,
                     index: g,
-                    first_id: part.row_groups[..g].iter().sum::<u64>()
-                        + manifest.parts[..index].iter().map(|p| p.rows).sum::<u64>(),
+                    first_id: first_id[global],
                     rows,
                     span: table::row_group_span(&metadata, g, &location)?,
                 };
-                let t = table::read_parquet(
-                    bytes.clone(),
+                // The whole part is in memory: read the group from it with the parsed footer.
+                let whole = ByteRange {
+                    start: 0,
+                    bytes: bytes.clone(),
+                    file_len: bytes.len() as u64,
+                };
+                let t = table::read_row_group(
+                    whole,
+                    metadata.clone(),
+                    g,
                     manifest,
                     &layout,
-                    Some(vec![g]),
                     &location,
                 )?;
                 let roles = source.roles(&owned, &t, &location)?;
-                let (train, held): (Vec<usize>, Vec<usize>) = {
-                    let mut train = Vec::new();
-                    let mut held = Vec::new();
-                    for (k, r) in roles.iter().enumerate() {
-                        match r {
-                            Role::Train => train.push(k),
-                            Role::HeldOut => held.push(k),
-                            Role::Unused => {}
-                        }
-                    }
-                    (train, held)
+                let with = |role: Role| -> Vec<usize> {
+                    (0..roles.len()).filter(|&k| roles[k] == role).collect()
                 };
+                let (train, held) = (with(Role::Train), with(Role::HeldOut));
                 for &k in &train {
                     let class = t.labels[k] as usize;
                     if let Some(n) = source.class_counts[global].get_mut(class) {
                         *n += 1;
                     }
                 }
-                val.append(&t.select(&held));
+                val.append_rows(&t, &held);
                 if keep_all {
-                    source.table.append(&t.select(&train));
+                    source.table.append_rows(&t, &train);
                     let first = source.group_first[global];
                     source.positions.extend(first..first + train.len());
                 }
@@ -489,13 +487,16 @@ mod tests {
         let (data, manifest) = dataset(tmp.path());
         let mut cfg = JobConfig::default();
         cfg.train.shuffle_window_rows = 100;
-        let (mut rows, val) = ShardRows::open(&data, &manifest, &assignment(&manifest), &cfg)
-            .unwrap();
+        let (mut rows, val) =
+            ShardRows::open(&data, &manifest, &assignment(&manifest), &cfg).unwrap();
         // 5% of 400 held out; the rest tile the positions, group by group.
         assert_eq!(val.rows(), 20);
         assert_eq!(rows.global_rows(), 380);
         assert_eq!(rows.group_rows().len(), 8);
-        assert!(rows.loaded().0.rows() == 0, "a streamed set is not kept from the first read");
+        assert!(
+            rows.loaded().0.rows() == 0,
+            "a streamed set is not kept from the first read"
+        );
         let counts = rows.local_class_counts(2).unwrap();
         assert_eq!(
             counts.iter().flatten().sum::<u64>(),
@@ -508,7 +509,12 @@ mod tests {
         assert_eq!(t.rows(), rows.group_rows[3] + rows.group_rows[1]);
         let first3 = rows.group_first[3];
         assert_eq!(positions[0], first3);
-        assert!(positions.windows(2).take(rows.group_rows[3] - 1).all(|w| w[1] == w[0] + 1));
+        assert!(
+            positions
+                .windows(2)
+                .take(rows.group_rows[3] - 1)
+                .all(|w| w[1] == w[0] + 1)
+        );
         // The rare class (label code of "rare") from every group, plus group 5's other rows.
         let rare = manifest
             .classes()
@@ -519,7 +525,10 @@ mod tests {
         rows.load(&[5], &[rare]).unwrap();
         let (t, _) = rows.loaded();
         let rare_rows = t.labels.iter().filter(|&&l| l == rare).count() as u64;
-        assert_eq!(rare_rows, counts.iter().map(|c| c[rare as usize]).sum::<u64>());
+        assert_eq!(
+            rare_rows,
+            counts.iter().map(|c| c[rare as usize]).sum::<u64>()
+        );
         assert!(rare_rows > 20);
 
         // The part changes after it was verified: the next ranged read is refused, naming it.
