@@ -6,7 +6,7 @@ DATA ?= ../shared/data
 OUT ?= demo-out
 CARGO ?= cargo
 
-.PHONY: all setup build test demo bench clean
+.PHONY: all setup build test test-cluster image demo bench clean
 
 all: build
 
@@ -18,6 +18,17 @@ build: setup
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+
+# Container images (docker/, scripts/image.sh): the debootstrapped base once, then flowsynth and
+# the moto store; CUDA=1 adds the CUDA image.
+image: build
+	@bash scripts/image.sh
+
+# Convert -> train on 2 workers -> sample across containers (docker/compose.yaml), with the debug
+# binary `make test` builds. Needs Docker; .ci/run calls it after `make test` where Docker is.
+test-cluster: setup
+	$(CARGO) build --bin flowsynth
+	@PROFILE=debug DATA="$(DATA)" bash scripts/test-cluster.sh
 
 demo: build
 	@DATA="$(DATA)" OUT="$(OUT)" bash scripts/demo.sh

@@ -210,7 +210,7 @@ fn finish(job: &Job) -> Result<()> {
 /// Workers of an embedded run: one in this process, or N child processes (`flowsynth worker`),
 /// each with its own libtorch thread pool, as on N machines.
 enum LocalWorkers {
-    InProcess(tokio::task::JoinHandle<flowsynth_worker::Result<()>>),
+    InProcess(tokio::task::JoinHandle<flowsynth_worker::Result<flowsynth_worker::RunSummary>>),
     Processes(Vec<tokio::process::Child>),
 }
 

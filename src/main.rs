@@ -2,6 +2,7 @@
 //! structs of the library crates; errors get their context here (anyhow at the edge only).
 
 mod client;
+mod k8s;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +53,10 @@ enum Command {
     Status(StatusArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
+    /// Kubernetes: print manifests built from the kustomize tree in k8s/ (README, "Deploying to
+    /// Kubernetes").
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Evaluate a synthetic dataset: fidelity, privacy, domain validity and downstream detection
     /// F1 against real-only, random oversampling and SMOTE. Writes report.json, report.html and
     /// PNG plots.
@@ -295,6 +300,33 @@ impl SampleJobArgs {
             collective: "auto".into(),
         })
     }
+
+    /// The same job as `submit sample` arguments (for the client pod of `k8s render sample`).
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--checkpoint={}", self.checkpoint),
+            format!("--out={}", self.out),
+            format!("--seed={}", self.seed),
+        ];
+        if let Some(c) = &self.classes {
+            args.push(format!("--classes={c}"));
+        }
+        if self.with_real {
+            args.push("--with-real".into());
+        }
+        let optional = [
+            ("steps", self.steps.map(|v| v.to_string())),
+            ("guidance", self.guidance.map(|v| v.to_string())),
+            ("strength", self.strength.map(|v| v.to_string())),
+            ("threads", self.threads.map(|v| v.to_string())),
+        ];
+        for (flag, value) in optional {
+            if let Some(v) = value {
+                args.push(format!("--{flag}={v}"));
+            }
+        }
+        args
+    }
 }
 
 /// Parses `name=count,name=count`. Class names may contain spaces and dashes, not `=` or `,`.
@@ -358,7 +390,7 @@ struct CoordinatorArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
     /// Where job records are persisted (local directory or object-store URL).
-    #[arg(long)]
+    #[arg(long, env = "FLOWSYNTH_STORE")]
     store: String,
     /// Seconds without heartbeat after which a worker counts as dead.
     #[arg(long, default_value_t = 30)]
@@ -376,7 +408,9 @@ struct WorkerArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Exit after this many jobs (0 = serve until stopped).
+    /// Exit after this many jobs (0 = serve until stopped). The exit code is then 0 when this
+    /// worker's part of every job succeeded and 3 when one failed or was cancelled, so a
+    /// Kubernetes Job sees the outcome (its podFailurePolicy fails the Job on 3, never retries).
     #[arg(long, default_value_t = 0)]
     max_jobs: usize,
     /// Collective for multi-worker jobs that leave the choice to the worker: auto (NCCL on CUDA
@@ -391,6 +425,105 @@ struct WorkerArgs {
     /// the route to the coordinator; in Kubernetes, the pod IP).
     #[arg(long, env = "FLOWSYNTH_ADVERTISE_HOST", default_value = "")]
     advertise_host: String,
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Print manifests to stdout, e.g. `flowsynth k8s render train ... | kubectl apply -f -`.
+    #[command(subcommand)]
+    Render(RenderCommand),
+}
+
+#[derive(Subcommand)]
+enum RenderCommand {
+    /// The long-lived part, applied once: namespace, service account, configuration,
+    /// coordinator (Deployment, Service, disruption budget), workers' headless Service, network
+    /// policies.
+    Stack {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// A training job: N workers (an Indexed Job), the job file, and a client pod that submits
+    /// the job and follows it to its end.
+    Train {
+        #[command(flatten)]
+        job: TrainJobArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        render: RenderJobArgs,
+    },
+    /// A sampling job: N workers, each generating a disjoint slice of the rows, and a client pod
+    /// that submits the job and follows it to its end.
+    Sample {
+        #[command(flatten)]
+        job: SampleJobArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        render: RenderJobArgs,
+    },
+}
+
+/// Where the rendered manifests run.
+#[derive(Args)]
+struct TargetArgs {
+    /// Image of the coordinator, the clients and CPU workers (a version tag or digest).
+    #[arg(long, default_value_t = k8s::default_image())]
+    image: String,
+    /// Image of GPU workers (default: --image with `-cuda` added to the repository name).
+    #[arg(long)]
+    worker_image: Option<String>,
+    /// Namespace of every object.
+    #[arg(long, default_value = "flowsynth")]
+    namespace: String,
+    /// GPU workers: one `nvidia.com/gpu` each, NCCL between them, the CUDA image.
+    #[arg(long)]
+    gpu: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> k8s::Target {
+        k8s::Target {
+            namespace: self.namespace.clone(),
+            image: self.image.clone(),
+            worker_image: self.worker_image.clone(),
+            gpu: self.gpu,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RenderJobArgs {
+    /// Name of the job's Kubernetes objects (`flowsynth-<name>-workers`, ...; default: the
+    /// kind and the current time).
+    #[arg(long)]
+    name: Option<String>,
+    /// Workers of the job (training: data-parallel ranks, each with --batch-size rows per step;
+    /// sampling: disjoint slices of the rows).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Print the stack too (as `render stack`), for a cluster that has none yet.
+    #[arg(long)]
+    with_stack: bool,
+}
+
+impl RenderJobArgs {
+    fn manifest(
+        &self,
+        kind: &'static str,
+        submit_args: Vec<String>,
+        job_toml: Option<String>,
+    ) -> k8s::JobManifest {
+        k8s::JobManifest {
+            kind,
+            name: self.name.clone().unwrap_or_else(|| k8s::default_name(kind)),
+            workers: self.workers,
+            submit_args,
+            job_toml,
+            with_stack: self.with_stack,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -458,6 +591,9 @@ struct CancelArgs {
     coordinator: String,
 }
 
+/// The log filter's variable (tracing_subscriber's EnvFilter syntax).
+const LOG_ENV: &str = "FLOWSYNTH_LOG";
+
 /// Logs go to stderr, filtered by `FLOWSYNTH_LOG`. Without it, `train` and `sample` in a
 /// terminal show only warnings: their embedded coordinator and worker would otherwise print their
 /// internals (listeners, registrations, job ids) above the progress bar. Services, and the same
@@ -471,10 +607,12 @@ fn init_tracing(command: &Command) {
     } else {
         "info,h2=warn,tower=warn,hyper=warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWSYNTH_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: container and Kubernetes logs would show the escape codes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -497,10 +635,31 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_message(&e));
-            std::process::ExitCode::FAILURE
+            if e.is::<JobsFailed>() {
+                std::process::ExitCode::from(JobsFailed::EXIT_CODE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A `worker --max-jobs N` whose part of a job failed: its own exit code, distinct from the
+/// worker itself failing (1), so a Kubernetes Job can fail at once instead of retrying the pod.
+#[derive(Debug)]
+struct JobsFailed(usize);
+
+impl JobsFailed {
+    const EXIT_CODE: u8 = 3;
+}
+
+impl std::fmt::Display for JobsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} job(s) this worker ran did not succeed", self.0)
+    }
+}
+
+impl std::error::Error for JobsFailed {}
 
 /// The error and its causes, each cause once: library errors often already name their source in
 /// their own message, and repeating it would only add noise.
@@ -549,7 +708,11 @@ async fn run(cli: Cli) -> Result<()> {
                 advertise_host: a.advertise_host,
                 ..Default::default()
             };
-            flowsynth_worker::run(opts, shutdown_signal()).await?;
+            let max_jobs = opts.max_jobs;
+            let summary = flowsynth_worker::run(opts, shutdown_signal()).await?;
+            if max_jobs > 0 && summary.failed > 0 {
+                return Err(JobsFailed(summary.failed).into());
+            }
             Ok(())
         }
         Command::Submit(SubmitCommand::Train { job, remote }) => {
@@ -567,8 +730,46 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(a) => client::status(&a.coordinator, a.job.as_deref(), a.verbose).await,
         Command::Cancel(a) => client::cancel(&a.coordinator, &a.job).await,
+        Command::K8s(K8sCommand::Render(r)) => {
+            print!("{}", k8s::to_yaml(&render_k8s(r)?)?);
+            Ok(())
+        }
         Command::Eval(a) => run_eval(a).await,
     }
+}
+
+/// The manifests of one `k8s render` command.
+fn render_k8s(r: RenderCommand) -> Result<Vec<serde_yaml::Value>> {
+    Ok(match r {
+        RenderCommand::Stack { target } => k8s::render_stack(&target.target())?,
+        RenderCommand::Train {
+            job,
+            target,
+            render,
+        } => {
+            k8s::check_url("--data", &job.data)?;
+            k8s::check_url("--checkpoints", &job.checkpoints)?;
+            let cfg = job.job_config()?;
+            let args = vec![
+                format!("--config={}", k8s::JOB_FILE),
+                format!("--data={}", job.data),
+                format!("--checkpoints={}", job.checkpoints),
+            ];
+            let manifest = render.manifest("train", args, Some(cfg.to_toml()));
+            k8s::render_job(&target.target(), &manifest)?
+        }
+        RenderCommand::Sample {
+            job,
+            target,
+            render,
+        } => {
+            k8s::check_url("--checkpoint", &job.checkpoint)?;
+            k8s::check_url("--out", &job.out)?;
+            job.spec()?;
+            let manifest = render.manifest("sample", job.to_args(), None);
+            k8s::render_job(&target.target(), &manifest)?
+        }
+    })
 }
 
 async fn shutdown_signal() {

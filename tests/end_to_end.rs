@@ -444,3 +444,50 @@ fn convert_onto_an_existing_dataset_names_overwrite() {
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("--overwrite"), "{err}");
 }
+
+/// A `worker --max-jobs 1` (a Kubernetes Indexed Job's pod) exits when its job ends, with 3 when
+/// its part failed, so the Job's podFailurePolicy fails the Job instead of retrying the pod.
+#[test]
+fn worker_with_max_jobs_exits_with_the_outcome_of_its_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dataset = root.join("dataset");
+    convert_nsl_subset(root, 500, dataset.to_str().unwrap(), 500, &[]);
+    let (_coord, url) = start_coordinator(root.join("state").to_str().unwrap(), &[], &[]);
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_flowsynth"))
+        .args(["worker", "--max-jobs", "1", "--coordinator", &url])
+        .env("FLOWSYNTH_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // The job asks for a CUDA device this machine lacks: the worker takes it and fails it.
+    let out = run(&[
+        "submit",
+        "train",
+        "--coordinator",
+        &url,
+        "--data",
+        dataset.to_str().unwrap(),
+        "--checkpoints",
+        root.join("ckpt").to_str().unwrap(),
+        "--device",
+        "cuda:7",
+        "--wait",
+    ]);
+    assert!(!out.status.success(), "the job fails");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not exit after its one job"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit code of a worker whose job failed"
+    );
+}

@@ -68,6 +68,22 @@ impl StoreOptions {
         self.vars.get(name).map(String::as_str)
     }
 
+    /// Whether a store client uses the variable `name`: one of object_store's configuration
+    /// keys for S3 (`AWS_*`), GCS (`GOOGLE_*`) or Azure (`AZURE_*`). A deployment checks the
+    /// variables it sets with this (a misspelt key would be ignored without a word).
+    pub fn applies(name: &str) -> bool {
+        let key = name.to_ascii_lowercase();
+        if name.starts_with("AWS_") {
+            key.parse::<AmazonS3ConfigKey>().is_ok()
+        } else if name.starts_with("GOOGLE_") {
+            key.parse::<object_store::gcp::GoogleConfigKey>().is_ok()
+        } else if name.starts_with("AZURE_") {
+            key.parse::<object_store::azure::AzureConfigKey>().is_ok()
+        } else {
+            false
+        }
+    }
+
     fn is_store_var(name: &str) -> bool {
         ["AWS_", "GOOGLE_", "AZURE_"]
             .iter()

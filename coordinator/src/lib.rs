@@ -51,7 +51,16 @@ pub async fn serve(
         local.map(|a| a.to_string()).unwrap_or_default(),
         store
     );
+    // grpc.health.v1 for Kubernetes probes and load balancers: serving only once the store is
+    // open and the job records are loaded (`Coordinator::open` above), for the whole server ("")
+    // and for each service by its full name.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<Coordinator>>().await;
+    health
+        .set_serving::<WorkerServiceServer<Coordinator>>()
+        .await;
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(JobServiceServer::new(coordinator.clone()))
         .add_service(WorkerServiceServer::new(coordinator))
         .serve_with_incoming_shutdown(

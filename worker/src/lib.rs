@@ -10,4 +10,4 @@ pub mod runtime;
 pub mod shards;
 
 pub use error::{Error, Result};
-pub use runtime::{WorkerOptions, run};
+pub use runtime::{RunSummary, WorkerOptions, run};

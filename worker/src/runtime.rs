@@ -147,11 +147,20 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Assignments this worker took part in.
+    pub jobs: usize,
+    /// Of those, the ones whose part did not succeed (failed, cancelled, or aborted rendezvous).
+    pub failed: usize,
+}
+
 /// Runs the worker until `shutdown` resolves or `max_jobs` jobs are done.
 pub async fn run(
     opts: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<()> {
+) -> Result<RunSummary> {
     if !flowsynth_model::reuse_freed_memory() {
         tracing::debug!("malloc settings left as they are (not glibc)");
     }
@@ -204,14 +213,14 @@ pub async fn run(
     };
 
     tokio::pin!(shutdown);
-    let mut jobs_done = 0usize;
+    let mut summary = RunSummary::default();
     let result = loop {
         let call = client.get_assignment(GetAssignmentRequest {
             worker_id: worker_id.clone(),
             wait_ms: 10_000,
         });
         let resp = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
+            _ = &mut shutdown => break Ok(summary),
             r = call => r,
         };
         let assignment = match resp {
@@ -225,10 +234,11 @@ pub async fn run(
             listener: &listener,
             collective_address: &collective_address,
         };
-        run_assignment(&mut client, &me, a, &stops).await?;
-        jobs_done += 1;
-        if opts.max_jobs > 0 && jobs_done >= opts.max_jobs {
-            break Ok(());
+        let succeeded = run_assignment(&mut client, &me, a, &stops).await?;
+        summary.jobs += 1;
+        summary.failed += usize::from(!succeeded);
+        if opts.max_jobs > 0 && summary.jobs >= opts.max_jobs {
+            break Ok(summary);
         }
     };
     hb.abort();
@@ -352,12 +362,13 @@ fn failure_report(worker_id: &str, a: &Assignment, e: &Error) -> DoneReport {
     }
 }
 
+/// Runs one assignment to its end and reports it; true when this rank's part succeeded.
 async fn run_assignment(
     client: &mut WorkerServiceClient<Channel>,
     me: &Me<'_>,
     a: Assignment,
     stops: &Arc<Mutex<HashSet<String>>>,
-) -> Result<()> {
+) -> Result<bool> {
     let worker_id = me.worker_id;
     tracing::info!(
         "job {}: rank {}/{} (generation {})",
@@ -369,14 +380,14 @@ async fn run_assignment(
     // Rendezvous: every rank of the generation must arrive before work starts.
     let peers = match rendezvous(client, me, &a).await {
         Ok(Some(p)) => p,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(false),
         Err(e) => {
             tracing::error!("job {} failed before it started: {e}", a.job_id);
             client
                 .report_done(failure_report(worker_id, &a, &e))
                 .await
                 .map_err(Error::rpc("report_done"))?;
-            return Ok(());
+            return Ok(false);
         }
     };
 
@@ -450,9 +461,10 @@ async fn run_assignment(
             failure_report(worker_id, &a, e)
         }
     };
+    let succeeded = report.success;
     client
         .report_done(report)
         .await
         .map_err(Error::rpc("report_done"))?;
-    Ok(())
+    Ok(succeeded)
 }
