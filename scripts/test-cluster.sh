@@ -63,13 +63,14 @@ out="$(client submit train --workers 2 --wait --data s3://flowsynth/datasets/nsl
 echo "$out" >&2
 echo "$out" | grep -q "succeeded" || fail "training did not succeed"
 job="$(echo "$out" | grep -o 'job-[0-9a-z-]*' | head -n1)"
-detail="$(client status "$job" --verbose)"
-# Two distinct workers ranked 0 and 1, and each worker container ran one rank of the job.
+client status "$job" >&2
+# Ranks 0 and 1 of the job, each in a worker container of its own.
+ranks="$(compose logs --no-color worker | grep "job $job: rank" || true)"
 for rank in 0 1; do
-  compose logs --no-color worker | grep -q "job $job: rank $rank/2" || fail "no worker ran rank $rank of $job"
+  grep -q "job $job: rank $rank/2" <<< "$ranks" || fail "no worker ran rank $rank of $job: $ranks"
 done
-[ "$(compose logs --no-color worker | grep "job $job: rank" | awk '{print $1}' | sort -u | wc -l)" = 2 ] \
-  || fail "the two ranks of $job did not run in two different worker containers"
+[ "$(awk '{print $1}' <<< "$ranks" | sort -u | wc -l)" = 2 ] \
+  || fail "the two ranks of $job did not run in two different worker containers: $ranks"
 
 log "sample on 2 workers"
 out="$(client submit sample --workers 2 --wait --checkpoint s3://flowsynth/checkpoints/nsl \

@@ -503,6 +503,11 @@ fn rename(v: Option<&mut Value>, from: &str, to: &str) {
 /// Images and namespace, the last step of every render.
 fn finish(t: &Target, docs: &mut [Value]) -> Result<()> {
     split_tag(&t.image)?;
+    if !t.gpu && t.worker_image.is_some() {
+        bail!(
+            "--worker-image is the image of GPU workers: give it with --gpu (CPU workers use --image)"
+        );
+    }
     let cuda = if t.gpu {
         t.cuda_image()?
     } else {

@@ -687,6 +687,7 @@ fn render_refuses_what_a_cluster_cannot_run() {
         (&["--name", &"x".repeat(37)], "1 to 36"),
         (&["--workers", "0"], "--workers 0"),
         (&["--gpu", "--worker-image", "cuda:latest"], "not `latest`"),
+        (&["--worker-image", "reg/flowsynth-cuda:1"], "with --gpu"),
     ];
     for (extra, needle) in cases {
         let err = with(extra).expect_err("refused");
