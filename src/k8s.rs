@@ -39,7 +39,6 @@ fn file(path: &str) -> Option<&'static str> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Kustomization {
-    #[allow(dead_code)]
     api_version: String,
     kind: String,
     #[serde(default)]
@@ -214,8 +213,12 @@ fn kustomization(dir: &str, kind: &str) -> Result<Kustomization> {
     let text = file(&path).with_context(|| format!("k8s/{path}: not found"))?;
     let k: Kustomization = serde_yaml::from_str(text)
         .with_context(|| format!("k8s/{path}: unsupported kustomization"))?;
-    if k.kind != kind {
-        bail!("k8s/{path}: is a {}, expected a {kind}", k.kind);
+    if k.kind != kind || !k.api_version.starts_with("kustomize.config.k8s.io/") {
+        bail!(
+            "k8s/{path}: is a {} ({}), expected a kustomize {kind}",
+            k.kind,
+            k.api_version
+        );
     }
     Ok(k)
 }
@@ -418,71 +421,15 @@ pub fn render_job(t: &Target, job: &JobManifest) -> Result<Vec<Value>> {
     };
     docs.extend(build(&format!("jobs/{}", job.kind))?);
     apply_component(t.component(), &mut docs)?;
-    let template = format!("flowsynth-{TEMPLATE_JOB}-");
-    let named = format!("flowsynth-{}-", job.name);
-    let mut found = (false, false);
+    let (mut workers, mut client) = (false, false);
     for doc in &mut docs {
-        if get(doc, &["metadata", "labels", JOB_LABEL]).and_then(Value::as_str)
-            != Some(TEMPLATE_JOB)
-        {
-            continue;
-        }
-        for path in [
-            &["metadata", "labels", JOB_LABEL][..],
-            &["spec", "template", "metadata", "labels", JOB_LABEL],
-        ] {
-            if let Some(v) = get_mut(doc, path) {
-                *v = job.name.clone().into();
-            }
-        }
-        rename(get_mut(doc, &["metadata", "name"]), &template, &named);
-        if let Some(Value::Sequence(volumes)) =
-            get_mut(doc, &["spec", "template", "spec", "volumes"])
-        {
-            for v in volumes {
-                rename(get_mut(v, &["configMap", "name"]), &template, &named);
-            }
-        }
-        let component = get(doc, &["metadata", "labels", "app.kubernetes.io/component"])
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        match (
-            get(doc, &["kind"]).and_then(Value::as_str),
-            component.as_str(),
-        ) {
-            (Some("Job"), "worker") => {
-                for field in ["completions", "parallelism"] {
-                    if let Some(Value::Mapping(spec)) = get_mut(doc, &["spec"]) {
-                        spec.insert(field.into(), Value::Number(u64::from(job.workers).into()));
-                    }
-                }
-                found.0 = true;
-            }
-            (Some("Job"), "client") => {
-                let c = get_mut(
-                    doc,
-                    &["spec", "template", "spec", "containers", "0", "args"],
-                )
-                .context("k8s/jobs: the submit Job has no container args")?;
-                let mut args = vec!["submit".to_string(), job.kind.to_string()];
-                args.extend(job.submit_args.iter().cloned());
-                args.push(format!("--workers={}", job.workers));
-                args.push("--wait".into());
-                *c = Value::Sequence(args.into_iter().map(Value::from).collect());
-                found.1 = true;
-            }
-            (Some("ConfigMap"), _) => {
-                if let (Some(toml), Some(Value::Mapping(data))) =
-                    (&job.job_toml, get_mut(doc, &["data"]))
-                {
-                    data.insert("job.toml".into(), toml.clone().into());
-                }
-            }
-            _ => {}
+        match set_job(doc, job)? {
+            Some(Part::Workers) => workers = true,
+            Some(Part::Client) => client = true,
+            None => {}
         }
     }
-    if found != (true, true) {
+    if !(workers && client) {
         bail!(
             "k8s/jobs/{}: the template lacks its worker or submit Job",
             job.kind
@@ -490,6 +437,75 @@ pub fn render_job(t: &Target, job: &JobManifest) -> Result<Vec<Value>> {
     }
     finish(t, &mut docs)?;
     Ok(docs)
+}
+
+/// The parts of a job template that `render` must find.
+enum Part {
+    Workers,
+    Client,
+}
+
+/// Gives one object of the job template the job's name and settings; says which part it was.
+fn set_job(doc: &mut Value, job: &JobManifest) -> Result<Option<Part>> {
+    if get(doc, &["metadata", "labels", JOB_LABEL]).and_then(Value::as_str) != Some(TEMPLATE_JOB) {
+        return Ok(None);
+    }
+    let (template, named) = (
+        format!("flowsynth-{TEMPLATE_JOB}-"),
+        format!("flowsynth-{}-", job.name),
+    );
+    for path in [
+        &["metadata", "labels", JOB_LABEL][..],
+        &["spec", "template", "metadata", "labels", JOB_LABEL],
+    ] {
+        if let Some(v) = get_mut(doc, path) {
+            *v = job.name.clone().into();
+        }
+    }
+    rename(get_mut(doc, &["metadata", "name"]), &template, &named);
+    if let Some(Value::Sequence(volumes)) = get_mut(doc, &["spec", "template", "spec", "volumes"]) {
+        for v in volumes {
+            rename(get_mut(v, &["configMap", "name"]), &template, &named);
+        }
+    }
+    let kind = get(doc, &["kind"])
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let component = get(doc, &["metadata", "labels", "app.kubernetes.io/component"])
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match (kind, component) {
+        ("Job", "worker") => {
+            if let Some(Value::Mapping(spec)) = get_mut(doc, &["spec"]) {
+                let n = Value::Number(u64::from(job.workers).into());
+                spec.insert("completions".into(), n.clone());
+                spec.insert("parallelism".into(), n);
+            }
+            Ok(Some(Part::Workers))
+        }
+        ("Job", "client") => {
+            let c = get_mut(
+                doc,
+                &["spec", "template", "spec", "containers", "0", "args"],
+            )
+            .context("k8s/jobs: the submit Job has no container args")?;
+            let mut args = vec!["submit".to_string(), job.kind.to_string()];
+            args.extend(job.submit_args.iter().cloned());
+            args.push(format!("--workers={}", job.workers));
+            args.push("--wait".into());
+            *c = Value::Sequence(args.into_iter().map(Value::from).collect());
+            Ok(Some(Part::Client))
+        }
+        ("ConfigMap", _) => {
+            if let (Some(toml), Some(Value::Mapping(data))) =
+                (&job.job_toml, get_mut(doc, &["data"]))
+            {
+                data.insert("job.toml".into(), toml.clone().into());
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
 fn rename(v: Option<&mut Value>, from: &str, to: &str) {
@@ -550,7 +566,7 @@ fn finish(t: &Target, docs: &mut [Value]) -> Result<()> {
 }
 
 /// The pod spec of a workload object (Deployment, Job, ...), if it has one.
-pub(crate) fn pod_spec_mut(doc: &mut Value) -> Option<&mut Value> {
+fn pod_spec_mut(doc: &mut Value) -> Option<&mut Value> {
     get_mut(doc, &["spec", "template", "spec"])
 }
 

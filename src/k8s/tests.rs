@@ -512,6 +512,16 @@ fn gpu_workers_have_shared_memory_and_a_gpu() {
     let mut gpu_seen = 0;
     for (name, docs) in &all {
         for doc in docs {
+            if str_at(doc, &["kind"]) == Some("NetworkPolicy")
+                && str_at(doc, &["metadata", "name"]) == Some("flowsynth-workers")
+            {
+                let ports = get(doc, &["spec", "ingress", "0", "ports"]).is_some();
+                assert_eq!(
+                    ports,
+                    !name.contains("gpu"),
+                    "{name}: NCCL needs every port between GPU workers, the TCP ring only its own"
+                );
+            }
             if str_at(doc, &["kind"]) != Some("Job")
                 || str_at(doc, &["metadata", "labels", "app.kubernetes.io/component"])
                     != Some("worker")
