@@ -101,8 +101,15 @@ pub async fn status(coordinator: &str, job: Option<&str>, verbose: bool) -> Resu
                 println!("message:  {}", job.message);
                 println!("progress: {}", progress_line(&job));
                 println!("workers:  {}", job.workers.join(", "));
+                let max = job.spec.as_ref().map_or(0, |s| s.max_restarts);
+                if max > 0 || job.restarts > 0 {
+                    println!("restarts: {} of {max}", job.restarts);
+                }
                 if !job.result_url.is_empty() {
                     println!("result:   {}", job.result_url);
+                }
+                for e in &job.events {
+                    println!("event:    {e}");
                 }
             }
         }
@@ -156,7 +163,16 @@ async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job>
             .progress_chars("=> ");
     let mut bar: Option<(String, ProgressBar)> = None;
     let mut last = None;
+    let mut events_seen = 0;
     while let Some(job) = stream.message().await.context("lost the coordinator")? {
+        // Restarts and other events, as they happen, above the bar.
+        for e in job.events.iter().skip(events_seen) {
+            match &bar {
+                Some((_, b)) => b.println(format!("{}: {e}", job.id)),
+                None => eprintln!("{}: {e}", job.id),
+            }
+        }
+        events_seen = events_seen.max(job.events.len());
         if let Some(p) = &job.progress {
             let (len, pos, msg) = match p.stage.as_str() {
                 "vae" | "diffusion" => (

@@ -230,6 +230,7 @@ impl TrainJobArgs {
             min_workers: 1,
             max_workers: 1,
             collective: "auto".into(),
+            max_restarts: 0,
         })
     }
 }
@@ -298,6 +299,7 @@ impl SampleJobArgs {
             min_workers: 1,
             max_workers: 1,
             collective: "auto".into(),
+            max_restarts: 0,
         })
     }
 
@@ -556,6 +558,14 @@ struct RemoteArgs {
     /// rows per step; sampling: disjoint slices of the rows).
     #[arg(long, default_value_t = 1)]
     workers: u32,
+    /// Training: the fewest workers the job starts, or restarts after losing one, with
+    /// (default: --workers). With fewer, it waits for more to register.
+    #[arg(long)]
+    min_workers: Option<u32>,
+    /// Training: how often the job may restart from its last committed checkpoint after losing
+    /// a worker (a new generation with the live workers) before it fails.
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
     /// Collective for multi-worker training: auto (the workers choose: NCCL on CUDA, else TCP),
     /// tcp or nccl.
     #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "nccl"])]
@@ -563,6 +573,21 @@ struct RemoteArgs {
     /// Follow the job's progress until it ends (exit code says how it ended).
     #[arg(long)]
     wait: bool,
+}
+
+impl RemoteArgs {
+    /// The job's world bounds and restart budget.
+    fn apply(&self, spec: &mut JobSpec) -> Result<()> {
+        let workers = self.workers.max(1);
+        let min = self.min_workers.unwrap_or(workers);
+        if min == 0 || min > workers {
+            bail!("--min-workers {min}: give 1 to --workers ({workers})");
+        }
+        spec.min_workers = min;
+        spec.max_workers = workers;
+        spec.max_restarts = self.max_restarts;
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -717,15 +742,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit(SubmitCommand::Train { job, remote }) => {
             let mut spec = job.spec()?;
-            spec.min_workers = remote.workers.max(1);
-            spec.max_workers = remote.workers.max(1);
+            remote.apply(&mut spec)?;
             spec.collective = remote.collective;
             client::submit(&remote.coordinator, spec, remote.wait).await
         }
         Command::Submit(SubmitCommand::Sample { job, remote }) => {
             let mut spec = job.spec()?;
-            spec.min_workers = remote.workers.max(1);
-            spec.max_workers = remote.workers.max(1);
+            remote.apply(&mut spec)?;
+            spec.max_restarts = 0;
             client::submit(&remote.coordinator, spec, remote.wait).await
         }
         Command::Status(a) => client::status(&a.coordinator, a.job.as_deref(), a.verbose).await,

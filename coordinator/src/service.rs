@@ -203,6 +203,10 @@ impl Coordinator {
                 job.generation += 1;
                 job.workers.clear();
                 job.message = "re-queued after coordinator restart".into();
+                job.events.push(format!(
+                    "re-queued after a coordinator restart (generation {})",
+                    job.generation
+                ));
                 match prepare(&job).await {
                     Ok(p) => plan = Some(p),
                     Err(status) => {
@@ -263,7 +267,60 @@ impl Coordinator {
         }
     }
 
-    /// Drops workers that stopped heartbeating; fails the jobs they were running.
+    /// After losing a rank (`retryable`: a worker lost, a peer's collective broken, a rank stopped
+    /// for a new generation), restarts the job as a new generation from its last committed
+    /// checkpoint while `max_restarts` allows: the old ranks are freed (the survivors abort on
+    /// their next heartbeat or progress report, their late reports are ignored as stale) and the
+    /// scheduler forms the new world from the live workers, as for a new job. Otherwise, or for
+    /// a failure of the job itself, fails it.
+    fn restart_or_fail(&self, inner: &mut Inner, job_id: &str, reason: String, retryable: bool) {
+        let Some(entry) = inner.jobs.get_mut(job_id) else {
+            return;
+        };
+        if is_terminal(entry.job.state) {
+            return;
+        }
+        // Training resumes from its checkpoints; a sampling job's ranks write parts named by
+        // rank, which a new world would not overwrite, so it fails instead.
+        let training = matches!(
+            entry.job.spec.as_ref().and_then(|s| s.kind.as_ref()),
+            Some(flowsynth_proto::job_spec::Kind::Train(_))
+        );
+        let max = if training {
+            entry.job.spec.as_ref().map_or(0, |s| s.max_restarts)
+        } else {
+            0
+        };
+        if !retryable || entry.job.restarts >= max {
+            let message = if retryable && max > 0 {
+                format!("{reason} (after {max} restart(s), the most the job allows)")
+            } else {
+                reason
+            };
+            self.fail_job(inner, job_id, message);
+            return;
+        }
+        entry.job.restarts += 1;
+        entry.job.generation += 1;
+        let event = format!(
+            "restart {}/{max} (generation {}): {reason}",
+            entry.job.restarts, entry.job.generation
+        );
+        tracing::warn!("job {job_id}: {event}");
+        entry.job.events.push(event);
+        entry.job.state = JobState::Pending as i32;
+        entry.job.message =
+            format!("restarting from the last checkpoint after: {reason}; waiting for workers");
+        entry.job.workers.clear();
+        let members: Vec<String> = std::mem::take(&mut entry.assignments).into_keys().collect();
+        entry.arrived.clear();
+        entry.nccl_id.clear();
+        entry.done.clear();
+        self.publish(entry);
+        inner.free_workers(&members, job_id);
+    }
+
+    /// Drops workers that stopped heartbeating; restarts (or fails) the jobs they were running.
     pub fn reap(&self) {
         let mut inner = self.lock();
         let timeout = self.config.heartbeat_timeout;
@@ -277,13 +334,15 @@ impl Coordinator {
             tracing::warn!("worker {id} on {host} stopped heartbeating; removing it");
             inner.workers.remove(&id);
             if let Some(job) = job {
-                self.fail_job(
+                self.restart_or_fail(
                     &mut inner,
                     &job,
                     format!("worker {id} on {host} stopped heartbeating"),
+                    true,
                 );
             }
         }
+        self.schedule(&mut inner);
     }
 
     /// Forms rank groups for pending jobs from idle workers (oldest job first).
@@ -601,6 +660,8 @@ impl JobService for Coordinator {
             result_url: String::new(),
             generation: 1,
             workers: vec![],
+            restarts: 0,
+            events: vec![],
         };
         let plan = prepare(&job).await?;
         job.updated_unix_ms = now_ms();
@@ -746,7 +807,8 @@ impl WorkerService for Coordinator {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = req.into_inner().worker_id;
+        let r = req.into_inner();
+        let id = r.worker_id;
         let mut inner = self.lock();
         let Some(w) = inner.workers.get_mut(&id) else {
             return Ok(Response::new(HeartbeatResponse {
@@ -755,8 +817,9 @@ impl WorkerService for Coordinator {
             }));
         };
         w.last_seen = Instant::now();
-        // Jobs that ended while this worker still runs them.
-        let stop_job_ids = inner
+        // Jobs that ended while this worker still runs them, and a generation it runs that is no
+        // longer the job's (the job restarted without it or is forming a new world).
+        let mut stop_job_ids: Vec<String> = inner
             .jobs
             .values()
             .filter(|e| {
@@ -766,6 +829,12 @@ impl WorkerService for Coordinator {
             })
             .map(|e| e.job.id.clone())
             .collect();
+        if let Some(e) = inner.jobs.get(&r.job_id)
+            && (e.job.generation != r.generation || !e.assignments.contains_key(&id))
+            && !stop_job_ids.contains(&r.job_id)
+        {
+            stop_job_ids.push(r.job_id.clone());
+        }
         Ok(Response::new(HeartbeatResponse {
             known: true,
             stop_job_ids,
@@ -893,7 +962,10 @@ impl WorkerService for Coordinator {
             .jobs
             .get_mut(&r.job_id)
             .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
-        if is_terminal(entry.job.state) || !entry.assignments.contains_key(&r.worker_id) {
+        if is_terminal(entry.job.state)
+            || !entry.assignments.contains_key(&r.worker_id)
+            || entry.job.generation != r.generation
+        {
             return Ok(Response::new(ProgressAck { stop: true }));
         }
         // Rank 0 speaks for the job; other ranks only count as alive.
@@ -909,16 +981,24 @@ impl WorkerService for Coordinator {
         let mut finish: Option<(String, String, SampleManifest, Vec<DoneReport>)> = None;
         {
             let mut inner = self.lock();
+            let current = inner
+                .jobs
+                .get(&r.job_id)
+                .is_some_and(|e| e.job.generation == r.generation);
             if let Some(w) = inner.workers.get_mut(&r.worker_id) {
                 w.last_seen = Instant::now();
-                if w.job.as_deref() == Some(r.job_id.as_str()) {
+                if current && w.job.as_deref() == Some(r.job_id.as_str()) {
                     w.job = None;
                 }
             }
             let Some(entry) = inner.jobs.get_mut(&r.job_id) else {
                 return Err(Status::not_found(format!("no job `{}`", r.job_id)));
             };
-            if !entry.assignments.contains_key(&r.worker_id) || is_terminal(entry.job.state) {
+            // A stale generation's report (a rank of the world before a restart) changes nothing.
+            if !entry.assignments.contains_key(&r.worker_id)
+                || is_terminal(entry.job.state)
+                || entry.job.generation != r.generation
+            {
                 self.changed.notify_waiters();
                 return Ok(Response::new(DoneAck {}));
             }
@@ -926,7 +1006,7 @@ impl WorkerService for Coordinator {
                 let msg = format!("rank {} ({}) failed: {}", r.rank, r.worker_id, r.message);
                 tracing::warn!("job {}: {msg}", r.job_id);
                 let id = r.job_id.clone();
-                self.fail_job(&mut inner, &id, msg);
+                self.restart_or_fail(&mut inner, &id, msg, r.retryable);
                 self.schedule(&mut inner);
                 return Ok(Response::new(DoneAck {}));
             }

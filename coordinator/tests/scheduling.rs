@@ -109,6 +109,7 @@ fn train_spec(data: &str, workers: u32) -> JobSpec {
         min_workers: workers,
         max_workers: workers,
         collective: "auto".into(),
+        max_restarts: 0,
     }
 }
 
@@ -168,6 +169,7 @@ fn done(worker: &str, a: &Assignment, success: bool) -> DoneReport {
         result_url: format!("ckpt-of-rank-{}", a.rank),
         outputs: vec![],
         rows_written: 0,
+        generation: a.generation,
         ..Default::default()
     }
 }
@@ -254,6 +256,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
                 epoch: 2,
                 ..Default::default()
             }),
+            generation: a0.generation,
         }))
         .await
         .unwrap()
@@ -292,6 +295,7 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
     let hb = c
         .heartbeat(Request::new(HeartbeatRequest {
             worker_id: w0.clone(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -303,6 +307,7 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
             job_id: j.id.clone(),
             rank: a0.rank,
             progress: Some(Progress::default()),
+            generation: a0.generation,
         }))
         .await
         .unwrap()
@@ -340,7 +345,10 @@ async fn a_silent_worker_is_reaped_and_its_job_fails() {
         failed.message
     );
     let hb = c
-        .heartbeat(Request::new(HeartbeatRequest { worker_id: w }))
+        .heartbeat(Request::new(HeartbeatRequest {
+            worker_id: w,
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -411,4 +419,92 @@ async fn cancel_ends_a_pending_job_and_a_restarted_coordinator_remembers_it() {
     assert_eq!(q.generation, 2, "a re-queued job starts a new generation");
     let w = register(&c).await;
     assert_eq!(assignment(&c, &w).await.unwrap().job_id, queued);
+}
+
+#[tokio::test]
+async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_spent() {
+    let f = fixture(CoordinatorConfig::default()).await;
+    let c = &f.coordinator;
+    let spec = JobSpec {
+        max_restarts: 1,
+        ..train_spec(&f.data, 2)
+    };
+    let j = submit(c, spec).await;
+    let (w0, w1, w2) = (register(c).await, register(c).await, register(c).await);
+    let (a0, a1) = (
+        assignment(c, &w0).await.unwrap(),
+        assignment(c, &w1).await.unwrap(),
+    );
+    assert_eq!((a0.generation, a1.generation), (1, 1));
+    // Rank 1 loses its peer: a retryable failure restarts the job as generation 2.
+    c.report_done(Request::new(DoneReport {
+        retryable: true,
+        ..done(&w1, &a1, false)
+    }))
+    .await
+    .unwrap();
+    let restarted = job(c, &j.id).await;
+    assert_eq!(restarted.restarts, 1);
+    assert_eq!(restarted.generation, 2);
+    assert_eq!(restarted.events.len(), 1, "{:?}", restarted.events);
+    assert!(restarted.events[0].starts_with("restart 1/1 (generation 2): rank 1"));
+    // Rank 0 still runs generation 1: its heartbeat and progress are told to stop, its late
+    // report changes nothing.
+    let hb = c
+        .heartbeat(Request::new(HeartbeatRequest {
+            worker_id: w0.clone(),
+            job_id: j.id.clone(),
+            generation: 1,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.stop_job_ids, vec![j.id.clone()]);
+    c.report_done(Request::new(done(&w0, &a0, true)))
+        .await
+        .unwrap();
+    assert_eq!(job(c, &j.id).await.state(), JobState::Pending);
+    // The new world: the spare and the old rank 0 once it asks again (min_workers = 2: the
+    // spare alone waits).
+    assert!(
+        assignment(c, &w2).await.is_none(),
+        "one worker is below min_workers"
+    );
+    let b0 = assignment(c, &w0).await.expect("the survivor rejoins");
+    let b2 = assignment(c, &w2).await.expect("the spare joins");
+    assert_eq!((b0.generation, b2.generation), (2, 2));
+    assert_eq!(job(c, &j.id).await.state(), JobState::Running);
+    // A second loss spends the budget: the job fails and says why.
+    c.report_done(Request::new(DoneReport {
+        retryable: true,
+        ..done(&w2, &b2, false)
+    }))
+    .await
+    .unwrap();
+    let failed = job(c, &j.id).await;
+    assert_eq!(failed.state(), JobState::Failed);
+    assert!(
+        failed.message.contains("after 1 restart(s)"),
+        "{}",
+        failed.message
+    );
+}
+
+#[tokio::test]
+async fn a_failure_of_the_job_itself_is_not_retried() {
+    let f = fixture(CoordinatorConfig::default()).await;
+    let c = &f.coordinator;
+    let spec = JobSpec {
+        max_restarts: 3,
+        ..train_spec(&f.data, 1)
+    };
+    let j = submit(c, spec).await;
+    let w = register(c).await;
+    let a = assignment(c, &w).await.unwrap();
+    c.report_done(Request::new(done(&w, &a, false)))
+        .await
+        .unwrap();
+    let failed = job(c, &j.id).await;
+    assert_eq!(failed.state(), JobState::Failed);
+    assert_eq!(failed.restarts, 0);
 }

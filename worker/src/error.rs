@@ -44,6 +44,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the failure comes from the world around the job rather than the job: a peer lost
+    /// or out of step (collective errors and timeouts, replicas that no longer agree) or this
+    /// rank stopped for a new generation. The coordinator may restart such a job.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Stopped
+                | Error::Collective(_)
+                | Error::Model(flowsynth_model::ModelError::Replicas { .. })
+        )
+    }
+
     pub fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> Error {
         move |status| Error::Rpc { call, status }
     }

@@ -181,19 +181,27 @@ pub async fn run(
     tracing::info!("registered as {worker_id} with {}", opts.coordinator);
 
     // Heartbeats run independently of job work so a long epoch never looks like a dead worker.
+    // They carry the job and generation being run, so a rank of a generation that the job left
+    // behind (it restarted without this worker) hears that it must stop.
     let stops: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let running: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
     let hb = {
         let mut client = client.clone();
         let id = worker_id.clone();
         let stops = stops.clone();
+        let running = running.clone();
         let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100) as u64);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                let reported = running.lock().ok().and_then(|r| r.clone());
+                let (job_id, generation) = reported.clone().unwrap_or_default();
                 match client
                     .heartbeat(HeartbeatRequest {
                         worker_id: id.clone(),
+                        job_id,
+                        generation,
                     })
                     .await
                 {
@@ -202,8 +210,13 @@ pub async fn run(
                         if !r.known {
                             tracing::error!("the coordinator no longer knows worker {id}");
                         }
+                        // A stop that answers another generation than the one running now (the
+                        // worker moved on while the call was out) is not for it.
+                        let now = running.lock().ok().and_then(|r| r.clone());
                         if let Ok(mut s) = stops.lock() {
-                            s.extend(r.stop_job_ids);
+                            s.extend(r.stop_job_ids.into_iter().filter(|j| {
+                                now.as_ref().is_none_or(|(job, _)| job != j) || now == reported
+                            }));
                         }
                     }
                     Err(e) => tracing::warn!("heartbeat failed: {e}"),
@@ -214,6 +227,9 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let mut summary = RunSummary::default();
+    // A job this worker left after a retryable failure: it may come back as a new generation;
+    // it counts towards `max_jobs` once it ends without this worker.
+    let mut left: Option<String> = None;
     let result = loop {
         let call = client.get_assignment(GetAssignmentRequest {
             worker_id: worker_id.clone(),
@@ -227,22 +243,86 @@ pub async fn run(
             Ok(r) => r.into_inner().assignment,
             Err(status) => break Err(Error::rpc("get_assignment")(status)),
         };
-        let Some(a) = assignment else { continue };
+        let Some(a) = assignment else {
+            if let Some(job_id) = left.clone()
+                && let Some(succeeded) = job_outcome(&opts.coordinator, &job_id).await
+            {
+                left = None;
+                summary.jobs += 1;
+                summary.failed += usize::from(!succeeded);
+                if opts.max_jobs > 0 && summary.jobs >= opts.max_jobs {
+                    break Ok(summary);
+                }
+            }
+            continue;
+        };
+        if left.as_deref() == Some(a.job_id.as_str()) {
+            left = None;
+        }
+        if let Ok(mut r) = running.lock() {
+            *r = Some((a.job_id.clone(), a.generation));
+        }
+        // A stop heard for an earlier generation of this job does not stop this one.
+        if let Ok(mut s) = stops.lock() {
+            s.remove(&a.job_id);
+        }
+        let job_id = a.job_id.clone();
         let me = Me {
             worker_id: &worker_id,
             opts: &opts,
             listener: &listener,
             collective_address: &collective_address,
         };
-        let succeeded = run_assignment(&mut client, &me, a, &stops).await?;
-        summary.jobs += 1;
-        summary.failed += usize::from(!succeeded);
+        let outcome = run_assignment(&mut client, &me, a, &stops).await;
+        if let Ok(mut r) = running.lock() {
+            *r = None;
+        }
+        match outcome? {
+            Part::Succeeded => summary.jobs += 1,
+            Part::Failed => {
+                summary.jobs += 1;
+                summary.failed += 1;
+            }
+            Part::Left => {
+                left = Some(job_id);
+                continue;
+            }
+        }
         if opts.max_jobs > 0 && summary.jobs >= opts.max_jobs {
             break Ok(summary);
         }
     };
     hb.abort();
     result
+}
+
+/// How this worker's part of one generation of a job ended.
+enum Part {
+    Succeeded,
+    /// Failed by the job's own fault: the job fails.
+    Failed,
+    /// Aborted with the generation (a peer lost, a rendezvous voided, stopped for a restart): the
+    /// job may go on, in a new generation, with or without this worker.
+    Left,
+}
+
+/// The end state of a job: `Some(true)` succeeded, `Some(false)` failed or cancelled, `None`
+/// still running (or unknown for now).
+async fn job_outcome(coordinator: &str, job_id: &str) -> Option<bool> {
+    use flowsynth_proto::job_service_client::JobServiceClient;
+    let channel = connect(coordinator, Duration::from_secs(5)).await.ok()?;
+    let job = JobServiceClient::new(channel)
+        .get_job(flowsynth_proto::GetJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    match job.state() {
+        JobState::Succeeded => Some(true),
+        JobState::Failed | JobState::Cancelled => Some(false),
+        _ => None,
+    }
 }
 
 /// This worker, as an assignment needs it.
@@ -356,19 +436,21 @@ fn failure_report(worker_id: &str, a: &Assignment, e: &Error) -> DoneReport {
         worker_id: worker_id.to_string(),
         job_id: a.job_id.clone(),
         rank: a.rank,
+        generation: a.generation,
         success: false,
+        retryable: e.is_retryable(),
         message: e.to_string(),
         ..Default::default()
     }
 }
 
-/// Runs one assignment to its end and reports it; true when this rank's part succeeded.
+/// Runs one assignment to its end and reports it.
 async fn run_assignment(
     client: &mut WorkerServiceClient<Channel>,
     me: &Me<'_>,
     a: Assignment,
     stops: &Arc<Mutex<HashSet<String>>>,
-) -> Result<bool> {
+) -> Result<Part> {
     let worker_id = me.worker_id;
     tracing::info!(
         "job {}: rank {}/{} (generation {})",
@@ -380,14 +462,19 @@ async fn run_assignment(
     // Rendezvous: every rank of the generation must arrive before work starts.
     let peers = match rendezvous(client, me, &a).await {
         Ok(Some(p)) => p,
-        Ok(None) => return Ok(false),
+        Ok(None) => return Ok(Part::Left),
         Err(e) => {
             tracing::error!("job {} failed before it started: {e}", a.job_id);
+            let report = failure_report(worker_id, &a, &e);
             client
-                .report_done(failure_report(worker_id, &a, &e))
+                .report_done(report)
                 .await
                 .map_err(Error::rpc("report_done"))?;
-            return Ok(false);
+            return Ok(if e.is_retryable() {
+                Part::Left
+            } else {
+                Part::Failed
+            });
         }
     };
 
@@ -426,6 +513,7 @@ async fn run_assignment(
                         job_id: a.job_id.clone(),
                         rank: a.rank,
                         progress: Some(p),
+                        generation: a.generation,
                     }).await {
                         Ok(ack) if ack.get_ref().stop => stop.store(true, Ordering::Relaxed),
                         Ok(_) => {}
@@ -446,7 +534,9 @@ async fn run_assignment(
             worker_id: worker_id.to_string(),
             job_id: a.job_id.clone(),
             rank: a.rank,
+            generation: a.generation,
             success: true,
+            retryable: false,
             message: String::new(),
             result_url: o.result_url.clone(),
             outputs: o.outputs.clone(),
@@ -461,10 +551,14 @@ async fn run_assignment(
             failure_report(worker_id, &a, e)
         }
     };
-    let succeeded = report.success;
+    let part = match &outcome {
+        Ok(_) => Part::Succeeded,
+        Err(e) if e.is_retryable() => Part::Left,
+        Err(_) => Part::Failed,
+    };
     client
         .report_done(report)
         .await
         .map_err(Error::rpc("report_done"))?;
-    Ok(succeeded)
+    Ok(part)
 }

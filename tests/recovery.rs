@@ -1,0 +1,172 @@
+//! Elastic recovery with real processes: a worker of a running two-worker training job is killed
+//! (SIGKILL) during the VAE stage, after a checkpoint was committed. The coordinator restarts the
+//! job as a new generation from that checkpoint on the live workers (the survivor and a spare
+//! that was waiting), the ranks verify identical parameters at the start of the generation, and
+//! the job finishes with a valid checkpoint; its record and the workers' logs show the restart.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowsynth");
+
+/// A worker process whose log (info level) goes to a file, so the test learns its worker id.
+struct LoggedWorker {
+    proc: Proc,
+    log: std::path::PathBuf,
+}
+
+impl LoggedWorker {
+    fn start(dir: &std::path::Path, n: usize, coordinator: &str) -> Self {
+        let log = dir.join(format!("worker-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["worker", "--device", "cpu", "--coordinator", coordinator])
+            .env("FLOWSYNTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self {
+            proc: Proc(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn id(&self) -> Option<String> {
+        let log = self.log();
+        let at = log.find("registered as ")? + "registered as ".len();
+        log[at..].split_whitespace().next().map(str::to_string)
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `field:` of `flowsynth status JOB`.
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dataset = root.join("dataset");
+    convert_nsl_subset(root, 3000, dataset.to_str().unwrap(), 500, &[]);
+    let (_coord, url) = start_coordinator(
+        root.join("state").to_str().unwrap(),
+        &["--heartbeat-timeout", "3"],
+        &[],
+    );
+    let workers: Vec<LoggedWorker> = (0..3).map(|n| LoggedWorker::start(root, n, &url)).collect();
+    wait_for("3 registered workers", Duration::from_secs(60), || {
+        workers.iter().all(|w| w.id().is_some())
+    });
+
+    let config = root.join("job.toml");
+    std::fs::write(
+        &config,
+        "[train]\nepochs = 6\ndiffusion_epochs = 2\nbatch_size = 64\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
+    )
+    .unwrap();
+    let ckpts = root.join("ckpt");
+    let out = run_ok(&[
+        "submit",
+        "train",
+        "--coordinator",
+        &url,
+        "--data",
+        dataset.to_str().unwrap(),
+        "--checkpoints",
+        ckpts.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--workers",
+        "2",
+    ]);
+    let job = out
+        .split_whitespace()
+        .find(|w| w.starts_with("job-"))
+        .unwrap()
+        .to_string();
+    let status = || run_ok(&["status", &job, "--coordinator", &url]);
+
+    // Kill rank 1 in the VAE stage once the first epoch's checkpoint is committed.
+    wait_for("VAE epoch 2", Duration::from_secs(180), || {
+        status_field(&status(), "progress").starts_with("vae epoch 2")
+    });
+    let before = status();
+    let ranks: Vec<String> = status_field(&before, "workers")
+        .split(", ")
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ranks.len(), 2, "{before}");
+    let mut workers = workers;
+    let victim = workers
+        .iter()
+        .position(|w| w.id().as_deref() == Some(ranks[1].as_str()))
+        .unwrap();
+    let spare = workers
+        .iter()
+        .position(|w| w.id().is_some_and(|id| !ranks.contains(&id)))
+        .unwrap();
+    let spare_id = workers[spare].id().unwrap();
+    let mut killed = workers.remove(victim);
+    killed.proc.0.kill().unwrap();
+    killed.proc.0.wait().unwrap();
+
+    wait_for("the job to end", Duration::from_secs(300), || {
+        let s = status_field(&status(), "state");
+        s == "succeeded" || s == "failed" || s == "cancelled"
+    });
+    let after = status();
+    assert_eq!(status_field(&after, "state"), "succeeded", "{after}");
+    assert_eq!(status_field(&after, "restarts"), "1 of 3", "{after}");
+    assert!(
+        after.contains("event:    restart 1/3 (generation 2)"),
+        "{after}"
+    );
+    let final_ranks = status_field(&after, "workers");
+    assert!(
+        final_ranks.contains(&spare_id) && !final_ranks.contains(&ranks[1]),
+        "the spare replaced the killed worker: {after}"
+    );
+    // The new generation resumed from the committed checkpoint (not from scratch).
+    let logs: String = workers.iter().map(LoggedWorker::log).collect();
+    assert!(logs.contains("(generation 2)"), "{logs}");
+    assert!(logs.contains("resuming from"), "{logs}");
+    // The final model is a valid checkpoint: sampling loads it (sha256 of every file checked).
+    let sampled = root.join("sampled");
+    let out = run_ok(&[
+        "sample",
+        "--checkpoint",
+        ckpts.to_str().unwrap(),
+        "--classes",
+        "neptune=50",
+        "--out",
+        sampled.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(sampled.join("_SUCCESS").exists());
+}
