@@ -76,7 +76,7 @@ pub async fn submit(coordinator: &str, spec: JobSpec, wait: bool) -> Result<()> 
         .into_inner();
     println!("submitted {} ({})", job.id, state_name(&job));
     if wait {
-        let job = follow(&mut client, &job.id).await?;
+        let job = follow(coordinator, &mut client, &job.id).await?;
         finish(&job)?;
     }
     Ok(())
@@ -150,67 +150,135 @@ pub async fn cancel(coordinator: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Follows a job with a progress bar until it reaches a terminal state; returns that state.
-async fn follow(client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
-    let mut stream = client
-        .watch_job(WatchJobRequest { job_id: id.into() })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    let style =
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+/// How long `--wait` keeps trying to reach a coordinator that went away (it may be restarting:
+/// the job's record survives in its store) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(600);
+
+/// Follows a job with a progress bar until it reaches a terminal state; returns that state. A
+/// lost coordinator is reconnected to (with backoff, for up to [`RECONNECT_FOR`]), and the watch
+/// resumes where the job is then.
+async fn follow(url: &str, client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
+    let mut display = Display::default();
+    let mut lost_since: Option<std::time::Instant> = None;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let reason = match client
+            .watch_job(WatchJobRequest { job_id: id.into() })
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(job)) => {
+                            lost_since = None;
+                            pause = Duration::from_millis(250);
+                            display.show(&job);
+                            if is_terminal(&job) {
+                                return Ok(display.finish(job));
+                            }
+                        }
+                        Ok(None) => break "the watch ended early".to_string(),
+                        Err(s) => break s.message().to_string(),
+                    }
+                }
+            }
+            // The coordinator answered and does not know the job: nothing to wait for.
+            Err(s) if s.code() == tonic::Code::NotFound => bail!("{}", s.message()),
+            Err(s) => s.message().to_string(),
+        };
+        let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            bail!(
+                "lost the coordinator at {url} for {} s ({reason}); job {id} may still run:                  `flowsynth status {id}` tells",
+                RECONNECT_FOR.as_secs()
+            );
+        }
+        display.note(&format!("lost the coordinator ({reason}); reconnecting"));
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+        if let Ok(c) = connect(url).await {
+            *client = c;
+        }
+    }
+}
+
+fn is_terminal(job: &Job) -> bool {
+    matches!(
+        job.state(),
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled
+    )
+}
+
+/// The progress bar of a followed job, and the job's events printed above it.
+#[derive(Default)]
+struct Display {
+    bar: Option<(String, ProgressBar)>,
+    events_seen: usize,
+}
+
+impl Display {
+    /// A line above the bar (a hidden bar, off a terminal, would swallow it).
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some((_, b)) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&mut self, job: Job) -> Job {
+        if let Some((_, b)) = self.bar.take() {
+            b.finish();
+        }
+        job
+    }
+
+    fn show(&mut self, job: &Job) {
+        // Restarts and other events, as they happen, above the bar.
+        for e in job.events.iter().skip(self.events_seen) {
+            self.note(&format!("{}: {e}", job.id));
+        }
+        self.events_seen = self.events_seen.max(job.events.len());
+        let Some(p) = &job.progress else {
+            return;
+        };
+        let (len, pos, msg) = match p.stage.as_str() {
+            "vae" | "diffusion" => (
+                p.epochs as u64 * p.steps_per_epoch,
+                (p.epoch.saturating_sub(1)) as u64 * p.steps_per_epoch + p.step,
+                format!(
+                    "epoch {}/{} {} {:.0} rows/s",
+                    p.epoch,
+                    p.epochs,
+                    loss_text(p),
+                    p.rows_per_second
+                ),
+            ),
+            "sampling" => (p.rows_total, p.rows_done, "rows".to_string()),
+            _ => (0, 0, String::new()),
+        };
+        if len == 0 {
+            return;
+        }
+        if self.bar.as_ref().is_none_or(|(s, _)| s != &p.stage) {
+            if let Some((_, b)) = self.bar.take() {
+                b.finish();
+            }
+            let style = ProgressStyle::with_template(
+                "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+            )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-    let mut bar: Option<(String, ProgressBar)> = None;
-    let mut last = None;
-    let mut events_seen = 0;
-    while let Some(job) = stream.message().await.context("lost the coordinator")? {
-        // Restarts and other events, as they happen, above the bar.
-        for e in job.events.iter().skip(events_seen) {
-            match &bar {
-                Some((_, b)) => b.println(format!("{}: {e}", job.id)),
-                None => eprintln!("{}: {e}", job.id),
-            }
+            let b = ProgressBar::new(len).with_style(style);
+            b.set_prefix(p.stage.clone());
+            self.bar = Some((p.stage.clone(), b));
         }
-        events_seen = events_seen.max(job.events.len());
-        if let Some(p) = &job.progress {
-            let (len, pos, msg) = match p.stage.as_str() {
-                "vae" | "diffusion" => (
-                    p.epochs as u64 * p.steps_per_epoch,
-                    (p.epoch.saturating_sub(1)) as u64 * p.steps_per_epoch + p.step,
-                    format!(
-                        "epoch {}/{} {} {:.0} rows/s",
-                        p.epoch,
-                        p.epochs,
-                        loss_text(p),
-                        p.rows_per_second
-                    ),
-                ),
-                "sampling" => (p.rows_total, p.rows_done, "rows".to_string()),
-                _ => (0, 0, String::new()),
-            };
-            if len > 0 {
-                if bar.as_ref().map(|(s, _)| s != &p.stage).unwrap_or(true) {
-                    if let Some((_, b)) = bar.take() {
-                        b.finish();
-                    }
-                    let b = ProgressBar::new(len).with_style(style.clone());
-                    b.set_prefix(p.stage.clone());
-                    bar = Some((p.stage.clone(), b));
-                }
-                if let Some((_, b)) = &bar {
-                    b.set_length(len);
-                    b.set_position(pos.min(len));
-                    b.set_message(msg);
-                }
-            }
+        if let Some((_, b)) = &self.bar {
+            b.set_length(len);
+            b.set_position(pos.min(len));
+            b.set_message(msg);
         }
-        last = Some(job);
     }
-    if let Some((_, b)) = bar {
-        b.finish();
-    }
-    last.context("the coordinator sent no job state")
 }
 
 fn finish(job: &Job) -> Result<()> {
@@ -328,7 +396,7 @@ pub async fn run_embedded(mut spec: JobSpec, device: &str, workers: usize) -> Re
             job.id
         );
         tokio::select! {
-            r = follow(&mut client, &job.id) => r,
+            r = follow(&url, &mut client, &job.id) => r,
             _ = tokio::signal::ctrl_c() => {
                 let _ = client.cancel_job(CancelJobRequest { job_id: job.id.clone() }).await;
                 Err(anyhow::anyhow!("interrupted"))

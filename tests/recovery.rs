@@ -57,6 +57,17 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Whether a `progress:` line is in the VAE stage at epoch 2 or later (a checkpoint committed:
+/// `checkpoint_every = 1`). Polls are far apart (each is a process), so any later VAE epoch
+/// counts.
+fn past_first_vae_epoch(progress: &str) -> bool {
+    progress
+        .strip_prefix("vae epoch ")
+        .and_then(|r| r.split('/').next())
+        .and_then(|e| e.parse::<u32>().ok())
+        .is_some_and(|e| e >= 2)
+}
+
 /// `field:` of `flowsynth status JOB`.
 fn status_field(status: &str, field: &str) -> String {
     status
@@ -85,7 +96,7 @@ fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() 
     let config = root.join("job.toml");
     std::fs::write(
         &config,
-        "[train]\nepochs = 6\ndiffusion_epochs = 2\nbatch_size = 64\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
+        "[train]\nepochs = 10\ndiffusion_epochs = 2\nbatch_size = 64\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
     )
     .unwrap();
     let ckpts = root.join("ckpt");
@@ -112,7 +123,7 @@ fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() 
 
     // Kill rank 1 in the VAE stage once the first epoch's checkpoint is committed.
     wait_for("VAE epoch 2", Duration::from_secs(180), || {
-        status_field(&status(), "progress").starts_with("vae epoch 2")
+        past_first_vae_epoch(&status_field(&status(), "progress"))
     });
     let before = status();
     let ranks: Vec<String> = status_field(&before, "workers")
@@ -169,4 +180,112 @@ fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() 
     ]);
     assert!(out.contains("succeeded"), "{out}");
     assert!(sampled.join("_SUCCESS").exists());
+}
+
+/// `flowsynth coordinator` at a fixed address (a restart must come back where workers and
+/// clients look for it).
+fn coordinator_at(state: &str, addr: &str) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["coordinator", "--listen", addr, "--store", state])
+        .args(["--heartbeat-timeout", "3"])
+        .env("FLOWSYNTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    Proc(child)
+}
+
+#[test]
+fn a_restarted_coordinator_resumes_the_job_and_workers_and_the_waiting_client_reconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dataset = root.join("dataset");
+    convert_nsl_subset(root, 3000, dataset.to_str().unwrap(), 500, &[]);
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let url = format!("http://{addr}");
+    let state = root.join("state");
+    let coordinator = coordinator_at(state.to_str().unwrap(), &addr);
+    let workers: Vec<LoggedWorker> = (0..2).map(|n| LoggedWorker::start(root, n, &url)).collect();
+    let config = root.join("job.toml");
+    std::fs::write(
+        &config,
+        "[train]\nepochs = 10\ndiffusion_epochs = 2\nbatch_size = 64\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
+    )
+    .unwrap();
+    let ckpts = root.join("ckpt");
+    // The submitting client waits through the restart.
+    let client = Command::new(BIN)
+        .args([
+            "submit",
+            "train",
+            "--coordinator",
+            &url,
+            "--workers",
+            "2",
+            "--wait",
+        ])
+        .arg("--data")
+        .arg(&dataset)
+        .arg("--checkpoints")
+        .arg(&ckpts)
+        .arg("--config")
+        .arg(&config)
+        .env("FLOWSYNTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = || {
+        let jobs = run_ok(&["status", "--coordinator", &url]);
+        let id = jobs
+            .split_whitespace()
+            .find(|w| w.starts_with("job-"))
+            .map(str::to_string)
+            .unwrap_or_default();
+        if id.is_empty() {
+            return (id, String::new());
+        }
+        let detail = run_ok(&["status", &id, "--coordinator", &url]);
+        (id, detail)
+    };
+    wait_for("VAE epoch 2", Duration::from_secs(180), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+            && past_first_vae_epoch(&status_field(&status().1, "progress"))
+    });
+    let (job, _) = status();
+    // SIGKILL, and back on the same store and address.
+    drop(coordinator);
+    std::thread::sleep(Duration::from_millis(500));
+    let _coordinator = coordinator_at(state.to_str().unwrap(), &addr);
+
+    let out = client.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains(&format!("{job} succeeded")), "{stdout}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let after = run_ok(&["status", &job, "--coordinator", &url]);
+    assert!(
+        after.contains("event:    re-queued after a coordinator restart"),
+        "{after}"
+    );
+    for w in &workers {
+        let log = w.log();
+        // Registered again on its own, whether a heartbeat or an assignment call heard first.
+        assert_eq!(log.matches("registered as").count(), 2, "{log}");
+    }
+    let logs: String = workers.iter().map(LoggedWorker::log).collect();
+    assert!(logs.contains("resuming from"), "{logs}");
 }

@@ -168,71 +168,39 @@ pub async fn run(
     let mut client = WorkerServiceClient::new(channel);
     let (listener, collective_address) = bind_collective(&opts)?;
     tracing::info!("collective listener on {collective_address}");
-    let reg = client
-        .register(RegisterRequest {
-            hostname: hostname(),
-            device: opts.device.clone(),
-            collective_address: collective_address.clone(),
-        })
+    let shared = Shared::default();
+    let mut session = Session::start(&mut client, &opts, &collective_address, &shared)
         .await
-        .map_err(Error::rpc("register"))?
-        .into_inner();
-    let worker_id = reg.worker_id.clone();
-    tracing::info!("registered as {worker_id} with {}", opts.coordinator);
-
-    // Heartbeats run independently of job work so a long epoch never looks like a dead worker.
-    // They carry the job and generation being run, so a rank of a generation that the job left
-    // behind (it restarted without this worker) hears that it must stop.
-    let stops: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let running: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
-    let hb = {
-        let mut client = client.clone();
-        let id = worker_id.clone();
-        let stops = stops.clone();
-        let running = running.clone();
-        let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100) as u64);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let reported = running.lock().ok().and_then(|r| r.clone());
-                let (job_id, generation) = reported.clone().unwrap_or_default();
-                match client
-                    .heartbeat(HeartbeatRequest {
-                        worker_id: id.clone(),
-                        job_id,
-                        generation,
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        if !r.known {
-                            tracing::error!("the coordinator no longer knows worker {id}");
-                        }
-                        // A stop that answers another generation than the one running now (the
-                        // worker moved on while the call was out) is not for it.
-                        let now = running.lock().ok().and_then(|r| r.clone());
-                        if let Ok(mut s) = stops.lock() {
-                            s.extend(r.stop_job_ids.into_iter().filter(|j| {
-                                now.as_ref().is_none_or(|(job, _)| job != j) || now == reported
-                            }));
-                        }
-                    }
-                    Err(e) => tracing::warn!("heartbeat failed: {e}"),
-                }
-            }
-        })
-    };
+        .map_err(Error::rpc("register"))?;
 
     tokio::pin!(shutdown);
     let mut summary = RunSummary::default();
     // A job this worker left after a retryable failure: it may come back as a new generation;
     // it counts towards `max_jobs` once it ends without this worker.
     let mut left: Option<String> = None;
+    let mut backoff = Backoff::default();
     let result = loop {
+        // The coordinator forgot this worker (it restarted): register again, as a new worker.
+        if session.lost() {
+            session.hb.abort();
+            let started = tokio::select! {
+                _ = &mut shutdown => break Ok(summary),
+                r = Session::start(&mut client, &opts, &collective_address, &shared) => r,
+            };
+            match started {
+                Ok(s) => {
+                    session = s;
+                    backoff.reset();
+                }
+                Err(status) => {
+                    tracing::warn!("cannot register again yet: {}", status.message());
+                    backoff.wait().await;
+                    continue;
+                }
+            }
+        }
         let call = client.get_assignment(GetAssignmentRequest {
-            worker_id: worker_id.clone(),
+            worker_id: session.worker_id.clone(),
             wait_ms: 10_000,
         });
         let resp = tokio::select! {
@@ -240,7 +208,23 @@ pub async fn run(
             r = call => r,
         };
         let assignment = match resp {
-            Ok(r) => r.into_inner().assignment,
+            Ok(r) => {
+                backoff.reset();
+                r.into_inner().assignment
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::warn!("{}", status.message());
+                session.lose();
+                continue;
+            }
+            Err(status) if is_transient(&status) => {
+                tracing::warn!(
+                    "the coordinator is unreachable ({}); retrying",
+                    status.message()
+                );
+                backoff.wait().await;
+                continue;
+            }
             Err(status) => break Err(Error::rpc("get_assignment")(status)),
         };
         let Some(a) = assignment else {
@@ -259,41 +243,208 @@ pub async fn run(
         if left.as_deref() == Some(a.job_id.as_str()) {
             left = None;
         }
-        if let Ok(mut r) = running.lock() {
-            *r = Some((a.job_id.clone(), a.generation));
-        }
-        // A stop heard for an earlier generation of this job does not stop this one.
-        if let Ok(mut s) = stops.lock() {
-            s.remove(&a.job_id);
-        }
+        shared.begin(&a);
         let job_id = a.job_id.clone();
         let me = Me {
-            worker_id: &worker_id,
+            worker_id: &session.worker_id,
             opts: &opts,
             listener: &listener,
             collective_address: &collective_address,
         };
-        let outcome = run_assignment(&mut client, &me, a, &stops).await;
-        if let Ok(mut r) = running.lock() {
-            *r = None;
-        }
-        match outcome? {
-            Part::Succeeded => summary.jobs += 1,
-            Part::Failed => {
+        let outcome = run_assignment(&mut client, &me, a, &shared.stops).await;
+        shared.end();
+        match outcome {
+            Ok(Part::Succeeded) => summary.jobs += 1,
+            Ok(Part::Failed) => {
                 summary.jobs += 1;
                 summary.failed += 1;
             }
-            Part::Left => {
+            Ok(Part::Left) => {
                 left = Some(job_id);
                 continue;
             }
+            // The report did not reach the coordinator (it is down or restarted): the job's
+            // record there says what happens next (a restarted coordinator re-queues it).
+            Err(Error::Rpc { call, status })
+                if is_transient(&status) || status.code() == tonic::Code::NotFound =>
+            {
+                tracing::warn!(
+                    "job {job_id}: `{call}` failed ({}); the coordinator decides what follows",
+                    status.message()
+                );
+                left = Some(job_id);
+                continue;
+            }
+            Err(e) => break Err(e),
         }
         if opts.max_jobs > 0 && summary.jobs >= opts.max_jobs {
             break Ok(summary);
         }
     };
-    hb.abort();
+    session.hb.abort();
     result
+}
+
+/// Errors that a coordinator restart or a network blip produce; worth retrying.
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Aborted
+    )
+}
+
+/// Exponential backoff between retries of an unreachable coordinator: 0.25 s doubling to 5 s.
+#[derive(Default)]
+struct Backoff {
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let d = self.next.unwrap_or(Duration::from_millis(250));
+        tokio::time::sleep(d).await;
+        self.next = Some((d * 2).min(Duration::from_secs(5)));
+    }
+
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+/// State the heartbeat task shares with the worker loop.
+#[derive(Clone, Default)]
+struct Shared {
+    /// Jobs to stop (cancelled, failed elsewhere, or a generation left behind).
+    stops: Arc<Mutex<HashSet<String>>>,
+    /// The job and generation being run, which heartbeats carry.
+    running: Arc<Mutex<Option<(String, u32)>>>,
+}
+
+impl Shared {
+    fn begin(&self, a: &Assignment) {
+        if let Ok(mut r) = self.running.lock() {
+            *r = Some((a.job_id.clone(), a.generation));
+        }
+        // A stop heard for an earlier generation of this job does not stop this one.
+        if let Ok(mut s) = self.stops.lock() {
+            s.remove(&a.job_id);
+        }
+    }
+
+    fn end(&self) {
+        if let Ok(mut r) = self.running.lock() {
+            *r = None;
+        }
+    }
+
+    fn running(&self) -> Option<(String, u32)> {
+        self.running.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// One registration with the coordinator and its heartbeat task.
+struct Session {
+    worker_id: String,
+    hb: tokio::task::JoinHandle<()>,
+    /// Set when the coordinator says it does not know this worker (it restarted).
+    lost: Arc<AtomicBool>,
+}
+
+impl Session {
+    async fn start(
+        client: &mut WorkerServiceClient<Channel>,
+        opts: &WorkerOptions,
+        collective_address: &str,
+        shared: &Shared,
+    ) -> std::result::Result<Self, tonic::Status> {
+        let reg = client
+            .register(RegisterRequest {
+                hostname: hostname(),
+                device: opts.device.clone(),
+                collective_address: collective_address.to_string(),
+            })
+            .await?
+            .into_inner();
+        let worker_id = reg.worker_id.clone();
+        tracing::info!("registered as {worker_id} with {}", opts.coordinator);
+        let lost = Arc::new(AtomicBool::new(false));
+        let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100) as u64);
+        let hb = tokio::spawn(heartbeats(
+            client.clone(),
+            worker_id.clone(),
+            every,
+            shared.clone(),
+            lost.clone(),
+        ));
+        Ok(Self {
+            worker_id,
+            hb,
+            lost,
+        })
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn lose(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Heartbeats run independently of job work so a long epoch never looks like a dead worker.
+/// They carry the job and generation being run, so a rank of a generation that the job left
+/// behind (it restarted without this worker) hears that it must stop; a coordinator that no
+/// longer knows this worker stops its job too (a restarted coordinator re-queued it).
+async fn heartbeats(
+    mut client: WorkerServiceClient<Channel>,
+    id: String,
+    every: Duration,
+    shared: Shared,
+    lost: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let reported = shared.running();
+        let (job_id, generation) = reported.clone().unwrap_or_default();
+        let r = match client
+            .heartbeat(HeartbeatRequest {
+                worker_id: id.clone(),
+                job_id,
+                generation,
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!("heartbeat failed: {}", e.message());
+                continue;
+            }
+        };
+        let now = shared.running();
+        let Ok(mut stops) = shared.stops.lock() else {
+            continue;
+        };
+        if !r.known {
+            if !lost.swap(true, Ordering::Relaxed) {
+                tracing::warn!("the coordinator no longer knows worker {id}: registering again");
+            }
+            stops.extend(now.map(|(job, _)| job));
+            continue;
+        }
+        // A stop that answers another generation than the one running now (the worker moved
+        // on while the call was out) is not for it.
+        stops.extend(
+            r.stop_job_ids
+                .into_iter()
+                .filter(|j| now.as_ref().is_none_or(|(job, _)| job != j) || now == reported),
+        );
+    }
 }
 
 /// How this worker's part of one generation of a job ended.
