@@ -250,7 +250,7 @@ fn wait_for(what: &str, timeout_s: u64, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_killed_worker_fails_the_job_fast_and_the_survivor_takes_the_next_job() {
+fn a_killed_worker_fails_a_job_without_restarts_fast_and_the_survivor_takes_the_next_job() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = dataset(root);
@@ -287,6 +287,10 @@ fn a_killed_worker_fails_the_job_fast_and_the_survivor_takes_the_next_job() {
         ];
         if wait {
             args.extend(["--epochs", "1", "--diffusion-epochs", "1", "--wait"]);
+        } else {
+            // No restarts allowed: losing a rank fails the job (tests/recovery.rs covers the
+            // restarts).
+            args.extend(["--max-restarts", "0"]);
         }
         run_ok(&args)
     };

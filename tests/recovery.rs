@@ -77,8 +77,27 @@ fn status_field(status: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How the test loses a worker.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// SIGKILL: its sockets close, the survivor's collective fails at once.
+    Kill,
+    /// SIGSTOP, never continued: its sockets stay open and silent; the coordinator notices the
+    /// missed heartbeats, and the survivor's collective is aborted by the stop it then hears.
+    Stop,
+}
+
 #[test]
 fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() {
+    lose_a_worker(Loss::Kill);
+}
+
+#[test]
+fn a_hung_worker_is_fenced_out_and_the_job_goes_on_without_it() {
+    lose_a_worker(Loss::Stop);
+}
+
+fn lose_a_worker(how: Loss) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let dataset = root.join("dataset");
@@ -141,9 +160,23 @@ fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() 
         .position(|w| w.id().is_some_and(|id| !ranks.contains(&id)))
         .unwrap();
     let spare_id = workers[spare].id().unwrap();
-    let mut killed = workers.remove(victim);
-    killed.proc.0.kill().unwrap();
-    killed.proc.0.wait().unwrap();
+    let mut lost = workers.remove(victim);
+    match how {
+        Loss::Kill => {
+            lost.proc.0.kill().unwrap();
+            lost.proc.0.wait().unwrap();
+        }
+        Loss::Stop => {
+            let pid = lost.proc.0.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-STOP", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    }
 
     wait_for("the job to end", Duration::from_secs(300), || {
         let s = status_field(&status(), "state");
@@ -165,6 +198,15 @@ fn a_killed_worker_restarts_the_job_from_its_checkpoint_with_the_live_workers() 
     let logs: String = workers.iter().map(LoggedWorker::log).collect();
     assert!(logs.contains("(generation 2)"), "{logs}");
     assert!(logs.contains("resuming from"), "{logs}");
+    if how == Loss::Stop {
+        // Still stopped, never continued: fenced out by its stale generation, and the record
+        // names the lost heartbeats.
+        assert!(
+            lost.proc.0.try_wait().unwrap().is_none(),
+            "the stopped worker is still there"
+        );
+        assert!(after.contains("stopped heartbeating"), "{after}");
+    }
     // The final model is a valid checkpoint: sampling loads it (sha256 of every file checked).
     let sampled = root.join("sampled");
     let out = run_ok(&[
@@ -288,4 +330,100 @@ fn a_restarted_coordinator_resumes_the_job_and_workers_and_the_waiting_client_re
     }
     let logs: String = workers.iter().map(LoggedWorker::log).collect();
     assert!(logs.contains("resuming from"), "{logs}");
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped_and_the_previous_one_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dataset = root.join("dataset");
+    convert_nsl_subset(root, 1500, dataset.to_str().unwrap(), 500, &[]);
+    let config = root.join("job.toml");
+    std::fs::write(
+        &config,
+        "[train]\nepochs = 2\ndiffusion_epochs = 1\nbatch_size = 128\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
+    )
+    .unwrap();
+    let ckpts = root.join("ckpt");
+    let (data, ck, cfg) = (
+        dataset.to_str().unwrap(),
+        ckpts.to_str().unwrap(),
+        config.to_str().unwrap(),
+    );
+    run_ok(&[
+        "train",
+        "--data",
+        data,
+        "--checkpoints",
+        ck,
+        "--config",
+        cfg,
+    ]);
+    let mut committed: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
+    committed.sort();
+    assert!(committed.len() >= 2, "{committed:?}");
+    let (newest, previous) = (
+        committed[committed.len() - 1].clone(),
+        committed[committed.len() - 2].clone(),
+    );
+    // Truncate one file of the newest and flip a bit in another: both fail their sha256.
+    let weights = ckpts.join(&newest).join("weights.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let state = ckpts.join(&newest).join("state.json");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&state, bytes).unwrap();
+
+    // Train on (one more denoiser epoch) through a coordinator: the job resumes from the
+    // previous checkpoint, and says so on its record.
+    let (_coord, url) = start_coordinator(root.join("state").to_str().unwrap(), &[], &[]);
+    let _workers = start_workers(1, &url, &[]);
+    let out = run(&[
+        "submit",
+        "train",
+        "--coordinator",
+        &url,
+        "--data",
+        data,
+        "--checkpoints",
+        ck,
+        "--config",
+        cfg,
+        "--diffusion-epochs",
+        "2",
+        "--wait",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("damaged checkpoint skipped") && stderr.contains(&newest),
+        "the waiting client shows the event: {stderr}"
+    );
+    let job = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("job-"))
+        .unwrap();
+    let status = run_ok(&["status", job, "--coordinator", &url]);
+    let event = status
+        .lines()
+        .find(|l| l.contains("damaged checkpoint skipped"))
+        .unwrap_or_else(|| panic!("status shows the event: {status}"));
+    assert!(
+        event.contains(&newest) && event.contains("sha256"),
+        "{event}"
+    );
+    assert!(!event.contains(&previous), "{event}");
 }

@@ -60,6 +60,9 @@ pub struct LoadedCheckpoint {
     pub url: String,
     pub manifest: CheckpointManifest,
     pub files: BTreeMap<String, Bytes>,
+    /// Newer committed checkpoints passed over because they did not verify (truncated or
+    /// altered files): each as "URL: reason", newest first.
+    pub skipped: Vec<String>,
 }
 
 impl LoadedCheckpoint {
@@ -131,9 +134,21 @@ pub async fn commit(
     let step = meta.step;
     let dir = root.join(&dir_name(step));
     if dir.exists(CHECKPOINT_MANIFEST).await? {
-        return Err(Error::AlreadyExists {
-            location: dir.display(CHECKPOINT_MANIFEST),
-        });
+        // A damaged checkpoint at this step (training resumed from an older one because this
+        // one did not verify) is replaced; a sound one is never overwritten.
+        match load_dir(&dir).await {
+            Ok(_) => {
+                return Err(Error::AlreadyExists {
+                    location: dir.display(CHECKPOINT_MANIFEST),
+                });
+            }
+            Err(e) => {
+                tracing::warn!("replacing damaged checkpoint {}: {e}", dir.url());
+                // Manifest first, as in `prune`: a half-deleted checkpoint must not look committed.
+                dir.delete(CHECKPOINT_MANIFEST).await?;
+                root.delete_all(&dir_name(step)).await?;
+            }
+        }
     }
     let mut listed = Vec::with_capacity(files.len());
     for (file, bytes) in &files {
@@ -286,6 +301,7 @@ pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
         url,
         manifest,
         files,
+        skipped: Vec::new(),
     })
 }
 
@@ -306,12 +322,20 @@ pub async fn resolve_at(loc: &Location) -> Result<LoadedCheckpoint> {
     })
 }
 
-/// The newest committed checkpoint below `root` that verifies, if any.
+/// The newest committed checkpoint below `root` that verifies, if any; the damaged newer ones it
+/// passed over are in its `skipped`.
 pub async fn latest(root: &Location) -> Result<Option<LoadedCheckpoint>> {
+    let mut skipped = Vec::new();
     for name in committed(root).await?.iter().rev() {
         match load_dir(&root.join(name)).await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) => tracing::warn!("skipping checkpoint {}: {e}", root.display(name)),
+            Ok(mut c) => {
+                c.skipped = skipped;
+                return Ok(Some(c));
+            }
+            Err(e) => {
+                tracing::warn!("skipping checkpoint {}: {e}", root.display(name));
+                skipped.push(format!("{}: {e}", root.display(name)));
+            }
         }
     }
     Ok(None)

@@ -968,9 +968,17 @@ impl WorkerService for Coordinator {
         {
             return Ok(Response::new(ProgressAck { stop: true }));
         }
-        // Rank 0 speaks for the job; other ranks only count as alive.
+        // Rank 0 speaks for the job's progress; any rank may add events.
+        let events = !r.events.is_empty();
+        entry.job.events.extend(
+            r.events
+                .into_iter()
+                .map(|e| format!("rank {}: {e}", r.rank)),
+        );
         if r.rank == 0 {
             entry.job.progress = r.progress;
+        }
+        if r.rank == 0 || events {
             self.publish(entry);
         }
         Ok(Response::new(ProgressAck { stop: false }))

@@ -257,6 +257,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
                 ..Default::default()
             }),
             generation: a0.generation,
+            events: vec![],
         }))
         .await
         .unwrap()
@@ -308,6 +309,7 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
             rank: a0.rank,
             progress: Some(Progress::default()),
             generation: a0.generation,
+            events: vec![],
         }))
         .await
         .unwrap()

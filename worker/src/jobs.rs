@@ -4,8 +4,8 @@
 //! Both run on a blocking thread (libtorch computes synchronously); they talk to the async side
 //! through a `watch` channel of progress (latest value wins) and a stop flag.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,6 +57,17 @@ pub struct JobContext {
     pub device: String,
     /// Training: how to reach the other ranks.
     pub peers: Peers,
+    /// Events for the job's record (sent with the next progress report).
+    pub events: Arc<Mutex<Vec<String>>>,
+}
+
+impl JobContext {
+    /// Records an event on the job (shown by `flowsynth status`).
+    fn event(&self, text: String) {
+        if let Ok(mut e) = self.events.lock() {
+            e.push(text);
+        }
+    }
 }
 
 impl JobContext {
@@ -335,6 +346,9 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
                 ),
             });
         }
+        for s in &ck.skipped {
+            ctx.event(format!("damaged checkpoint skipped: {s}"));
+        }
         restore(&mut trainer, &ck)?;
         tracing::info!(
             "resuming from {} (stage {}, step {})",
@@ -507,6 +521,9 @@ fn sample_inner(
         ..Default::default()
     });
     let ck = block_on(checkpoint::resolve(&spec.checkpoint_url))?;
+    for s in &ck.skipped {
+        ctx.event(format!("damaged checkpoint skipped: {s}"));
+    }
     if ck.manifest.meta.stage == "vae" {
         return Err(Error::Checkpoint {
             location: ck.url.clone(),

@@ -581,6 +581,38 @@ async fn rendezvous(
     }
 }
 
+fn take_events(events: &Mutex<Vec<String>>) -> Vec<String> {
+    events
+        .lock()
+        .map(|mut e| std::mem::take(&mut *e))
+        .unwrap_or_default()
+}
+
+/// Sends one progress report; true when the coordinator says to stop.
+async fn report_progress(
+    client: &mut WorkerServiceClient<Channel>,
+    worker_id: &str,
+    a: &Assignment,
+    progress: Progress,
+    events: Vec<String>,
+) -> bool {
+    let report = ProgressReport {
+        worker_id: worker_id.to_string(),
+        job_id: a.job_id.clone(),
+        rank: a.rank,
+        progress: Some(progress),
+        generation: a.generation,
+        events,
+    };
+    match client.report_progress(report).await {
+        Ok(ack) => ack.get_ref().stop,
+        Err(e) => {
+            tracing::warn!("progress report failed: {}", e.message());
+            false
+        }
+    }
+}
+
 /// What a rank reports when its part of a job failed.
 fn failure_report(worker_id: &str, a: &Assignment, e: &Error) -> DoneReport {
     DoneReport {
@@ -631,11 +663,13 @@ async fn run_assignment(
 
     let (ptx, mut prx) = watch::channel(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
     let ctx = JobContext {
         progress: ptx,
         stop: stop.clone(),
         device: me.opts.device.clone(),
         peers,
+        events: events.clone(),
     };
     let spec = a.spec.clone().unwrap_or_default();
     let job = a.clone();
@@ -657,23 +691,22 @@ async fn run_assignment(
                 if stops.lock().map(|s| s.contains(&a.job_id)).unwrap_or(false) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                if prx.has_changed().unwrap_or(false) {
+                let new_events = take_events(&events);
+                if prx.has_changed().unwrap_or(false) || !new_events.is_empty() {
                     let p = prx.borrow_and_update().clone();
-                    match client.report_progress(ProgressReport {
-                        worker_id: worker_id.to_string(),
-                        job_id: a.job_id.clone(),
-                        rank: a.rank,
-                        progress: Some(p),
-                        generation: a.generation,
-                    }).await {
-                        Ok(ack) if ack.get_ref().stop => stop.store(true, Ordering::Relaxed),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("progress report failed: {e}"),
+                    if report_progress(client, worker_id, &a, p, new_events).await {
+                        stop.store(true, Ordering::Relaxed);
                     }
                 }
             }
         }
     };
+    // Events of the job's last moments go before its end is reported.
+    let last_events = take_events(&events);
+    if !last_events.is_empty() {
+        let p = prx.borrow().clone();
+        report_progress(client, worker_id, &a, p, last_events).await;
+    }
     let outcome = match outcome {
         Ok(r) => r,
         Err(join) => Err(Error::Assignment {
