@@ -4,16 +4,27 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use flowsynth_common::auth::Token;
 use flowsynth_proto::job_service_client::JobServiceClient;
 use flowsynth_proto::{
     CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, SubmitJobRequest,
     WatchJobRequest, job_spec::Kind,
 };
+use flowsynth_worker::runtime::Conn;
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
-async fn connect(url: &str) -> Result<JobServiceClient<Channel>> {
-    let channel = flowsynth_worker::runtime::connect(url, Duration::from_secs(10)).await?;
+/// A coordinator and the token this client presents to it.
+pub struct Remote {
+    pub url: String,
+    pub token: Option<Token>,
+}
+
+type Client = JobServiceClient<Conn>;
+
+async fn connect(remote: &Remote) -> Result<Client> {
+    let token = remote.token.as_ref();
+    let channel =
+        flowsynth_worker::runtime::connect(&remote.url, Duration::from_secs(10), token).await?;
     Ok(JobServiceClient::new(channel))
 }
 
@@ -67,7 +78,7 @@ fn progress_line(job: &Job) -> String {
 }
 
 /// Submits a job; with `wait`, follows it to the end.
-pub async fn submit(coordinator: &str, spec: JobSpec, wait: bool) -> Result<()> {
+pub async fn submit(coordinator: &Remote, spec: JobSpec, wait: bool) -> Result<()> {
     let mut client = connect(coordinator).await?;
     let job = client
         .submit_job(SubmitJobRequest { spec: Some(spec) })
@@ -83,7 +94,7 @@ pub async fn submit(coordinator: &str, spec: JobSpec, wait: bool) -> Result<()> 
 }
 
 /// Prints one job or a table of all jobs.
-pub async fn status(coordinator: &str, job: Option<&str>, verbose: bool) -> Result<()> {
+pub async fn status(coordinator: &Remote, job: Option<&str>, verbose: bool) -> Result<()> {
     let mut client = connect(coordinator).await?;
     match job {
         Some(id) => {
@@ -139,7 +150,7 @@ pub async fn status(coordinator: &str, job: Option<&str>, verbose: bool) -> Resu
     Ok(())
 }
 
-pub async fn cancel(coordinator: &str, id: &str) -> Result<()> {
+pub async fn cancel(coordinator: &Remote, id: &str) -> Result<()> {
     let mut client = connect(coordinator).await?;
     let job = client
         .cancel_job(CancelJobRequest { job_id: id.into() })
@@ -157,7 +168,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(600);
 /// Follows a job with a progress bar until it reaches a terminal state; returns that state. A
 /// lost coordinator is reconnected to (with backoff, for up to [`RECONNECT_FOR`]), and the watch
 /// resumes where the job is then.
-async fn follow(url: &str, client: &mut JobServiceClient<Channel>, id: &str) -> Result<Job> {
+async fn follow(remote: &Remote, client: &mut Client, id: &str) -> Result<Job> {
     let mut display = Display::default();
     let mut lost_since: Option<std::time::Instant> = None;
     let mut pause = Duration::from_millis(250);
@@ -190,14 +201,16 @@ async fn follow(url: &str, client: &mut JobServiceClient<Channel>, id: &str) -> 
         let since = *lost_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             bail!(
-                "lost the coordinator at {url} for {} s ({reason}); job {id} may still run:                  `flowsynth status {id}` tells",
+                "lost the coordinator at {} for {} s ({reason}); job {id} may still run: \
+                 `flowsynth status {id}` tells",
+                remote.url,
                 RECONNECT_FOR.as_secs()
             );
         }
         display.note(&format!("lost the coordinator ({reason}); reconnecting"));
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
-        if let Ok(c) = connect(url).await {
+        if let Ok(c) = connect(remote).await {
             *client = c;
         }
     }
@@ -385,7 +398,11 @@ pub async fn run_embedded(mut spec: JobSpec, device: &str, workers: usize) -> Re
     let url = format!("http://{addr}");
     let local = LocalWorkers::start(workers, &url, device)?;
     let outcome = async {
-        let mut client = connect(&url).await?;
+        let remote = Remote {
+            url: url.clone(),
+            token: None,
+        };
+        let mut client = connect(&remote).await?;
         let job = client
             .submit_job(SubmitJobRequest { spec: Some(spec) })
             .await
@@ -396,7 +413,7 @@ pub async fn run_embedded(mut spec: JobSpec, device: &str, workers: usize) -> Re
             job.id
         );
         tokio::select! {
-            r = follow(&url, &mut client, &job.id) => r,
+            r = follow(&remote, &mut client, &job.id) => r,
             _ = tokio::signal::ctrl_c() => {
                 let _ = client.cancel_job(CancelJobRequest { job_id: job.id.clone() }).await;
                 Err(anyhow::anyhow!("interrupted"))

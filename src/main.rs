@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use flowsynth_common::auth::Token;
 use flowsynth_common::config::JobConfig;
 use flowsynth_common::convert::{self, ConvertOptions, Preset};
 use flowsynth_common::manifest::NonFinitePolicy;
@@ -397,16 +398,20 @@ struct CoordinatorArgs {
     /// Seconds without heartbeat after which a worker counts as dead.
     #[arg(long, default_value_t = 30)]
     heartbeat_timeout: u64,
+    /// File holding the token clients must present (submit, status, cancel, watch); without
+    /// it, any client that reaches the port is served.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// File holding the token workers must present (register, assignments, rendezvous,
+    /// reports). Default: the client token.
+    #[arg(long)]
+    worker_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct WorkerArgs {
-    #[arg(
-        long,
-        env = "FLOWSYNTH_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: String,
+    #[command(flatten)]
+    conn: Connection,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -548,12 +553,8 @@ enum SubmitCommand {
 
 #[derive(Args)]
 struct RemoteArgs {
-    #[arg(
-        long,
-        env = "FLOWSYNTH_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: String,
+    #[command(flatten)]
+    conn: Connection,
     /// Number of workers the job uses (training: data-parallel ranks, each with --batch-size
     /// rows per step; sampling: disjoint slices of the rows).
     #[arg(long, default_value_t = 1)]
@@ -590,16 +591,37 @@ impl RemoteArgs {
     }
 }
 
+/// Where the coordinator is and how to prove who this process is.
 #[derive(Args)]
-struct StatusArgs {
-    /// Job id; without it, all jobs are listed.
-    job: Option<String>,
+struct Connection {
+    /// The coordinator's gRPC endpoint.
     #[arg(
         long,
         env = "FLOWSYNTH_COORDINATOR",
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// File holding the token to present (the coordinator's client token; for `worker`, its
+    /// worker token). Default: $FLOWSYNTH_TOKEN, when set.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    fn remote(&self) -> Result<client::Remote> {
+        Ok(client::Remote {
+            url: self.coordinator.clone(),
+            token: Token::for_client(self.token_file.as_deref())?,
+        })
+    }
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Job id; without it, all jobs are listed.
+    job: Option<String>,
+    #[command(flatten)]
+    conn: Connection,
     /// Print JSON-like detail (the full job record).
     #[arg(long)]
     verbose: bool,
@@ -608,12 +630,8 @@ struct StatusArgs {
 #[derive(Args)]
 struct CancelArgs {
     job: String,
-    #[arg(
-        long,
-        env = "FLOWSYNTH_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: String,
+    #[command(flatten)]
+    conn: Connection,
 }
 
 /// The log filter's variable (tracing_subscriber's EnvFilter syntax).
@@ -716,16 +734,31 @@ async fn run(cli: Cli) -> Result<()> {
             let listener = flowsynth_coordinator::bind(&a.listen).await?;
             // The bound address goes to stdout (a `--listen 127.0.0.1:0` caller learns the port).
             println!("listening on {}", listener.local_addr()?);
+            let read = |f: &Option<PathBuf>| f.as_deref().map(Token::from_file).transpose();
             let config = flowsynth_coordinator::CoordinatorConfig {
                 heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout.max(1)),
+                client_token: read(&a.token_file)?,
+                worker_token: read(&a.worker_token_file)?,
                 ..Default::default()
             };
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback()
+                && config.client_token.is_none()
+                && config.worker_token.is_none()
+            {
+                tracing::warn!(
+                    "listening on {local} without TLS or tokens: anyone who reaches this port can \
+                     submit, cancel and list jobs and join as a worker (set --token-file)"
+                );
+            }
             flowsynth_coordinator::serve(listener, store, config, shutdown_signal()).await?;
             Ok(())
         }
         Command::Worker(a) => {
+            let remote = a.conn.remote()?;
             let opts = flowsynth_worker::WorkerOptions {
-                coordinator: a.coordinator,
+                coordinator: remote.url,
+                token: remote.token,
                 device: a.device,
                 max_jobs: a.max_jobs,
                 collective: a.collective,
@@ -744,16 +777,16 @@ async fn run(cli: Cli) -> Result<()> {
             let mut spec = job.spec()?;
             remote.apply(&mut spec)?;
             spec.collective = remote.collective;
-            client::submit(&remote.coordinator, spec, remote.wait).await
+            client::submit(&remote.conn.remote()?, spec, remote.wait).await
         }
         Command::Submit(SubmitCommand::Sample { job, remote }) => {
             let mut spec = job.spec()?;
             remote.apply(&mut spec)?;
             spec.max_restarts = 0;
-            client::submit(&remote.coordinator, spec, remote.wait).await
+            client::submit(&remote.conn.remote()?, spec, remote.wait).await
         }
-        Command::Status(a) => client::status(&a.coordinator, a.job.as_deref(), a.verbose).await,
-        Command::Cancel(a) => client::cancel(&a.coordinator, &a.job).await,
+        Command::Status(a) => client::status(&a.conn.remote()?, a.job.as_deref(), a.verbose).await,
+        Command::Cancel(a) => client::cancel(&a.conn.remote()?, &a.job).await,
         Command::K8s(K8sCommand::Render(r)) => {
             print!("{}", k8s::to_yaml(&render_k8s(r)?)?);
             Ok(())

@@ -2,6 +2,7 @@
 //! object-store I/O and the typed job configuration. Everything here is independent of the model
 //! and of the control plane, so both the coordinator and the workers build on it.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;

@@ -6,6 +6,7 @@
 //! rendezvous through which ranks find each other, and tracks progress, completion and failure.
 //! Job records are persisted in an object store so a restarted coordinator picks up where it was.
 
+pub mod auth;
 mod error;
 pub mod plan;
 mod service;
@@ -59,10 +60,19 @@ pub async fn serve(
     health
         .set_serving::<WorkerServiceServer<Coordinator>>()
         .await;
+    // Tokens per scope; the health service stays open (probes carry no token).
+    let tokens = auth::Tokens::new(config.client_token.clone(), config.worker_token.clone());
+    let client_tokens = tokens.clone();
+    let jobs = JobServiceServer::with_interceptor(coordinator.clone(), move |r| {
+        client_tokens.check(auth::Scope::Client, &r).map(|()| r)
+    });
+    let workers = WorkerServiceServer::with_interceptor(coordinator, move |r| {
+        tokens.check(auth::Scope::Worker, &r).map(|()| r)
+    });
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(JobServiceServer::new(coordinator.clone()))
-        .add_service(WorkerServiceServer::new(coordinator))
+        .add_service(jobs)
+        .add_service(workers)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::plan;
+use flowsynth_common::auth::Token;
 
 /// Tunables of the coordinator.
 #[derive(Debug, Clone)]
@@ -38,6 +39,10 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// Longest a long-poll call is held.
     pub max_wait: Duration,
+    /// Token clients must present (JobService); `None`: no check.
+    pub client_token: Option<Token>,
+    /// Token workers must present (WorkerService); `None`: the client token, if any.
+    pub worker_token: Option<Token>,
 }
 
 impl Default for CoordinatorConfig {
@@ -46,6 +51,8 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(20),
+            client_token: None,
+            worker_token: None,
         }
     }
 }
@@ -846,6 +853,14 @@ impl WorkerService for Coordinator {
         req: Request<GetAssignmentRequest>,
     ) -> Result<Response<GetAssignmentResponse>, Status> {
         let r = req.into_inner();
+        let left_job_state = if r.left_job_id.is_empty() {
+            JobState::Unspecified
+        } else {
+            self.lock()
+                .jobs
+                .get(&r.left_job_id)
+                .map_or(JobState::Unspecified, |e| e.job.state())
+        };
         let assignment = self
             .long_poll(r.wait_ms, |inner| {
                 let Some(w) = inner.workers.get_mut(&r.worker_id) else {
@@ -864,7 +879,10 @@ impl WorkerService for Coordinator {
                 Some(Ok(a.clone()))
             })
             .await?;
-        Ok(Response::new(GetAssignmentResponse { assignment }))
+        Ok(Response::new(GetAssignmentResponse {
+            assignment,
+            left_job_state: left_job_state as i32,
+        }))
     }
 
     async fn rendezvous(

@@ -134,6 +134,7 @@ async fn assignment(c: &Coordinator, worker: &str) -> Option<Assignment> {
     c.get_assignment(Request::new(GetAssignmentRequest {
         worker_id: worker.into(),
         wait_ms: 50,
+        ..Default::default()
     }))
     .await
     .unwrap()

@@ -6,10 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowsynth_common::auth::{AUTHORIZATION, Token};
 use flowsynth_proto::job_spec::Kind;
 use flowsynth_proto::worker_service_client::WorkerServiceClient;
 use flowsynth_proto::*;
 use tokio::sync::watch;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -37,6 +41,8 @@ pub struct WorkerOptions {
     /// Collective for multi-worker jobs that ask for `auto`: `auto` (NCCL on CUDA devices when
     /// libnccl loads, else TCP), `tcp` or `nccl`.
     pub collective: String,
+    /// Token presented to the coordinator (its worker token).
+    pub token: Option<Token>,
 }
 
 impl Default for WorkerOptions {
@@ -49,6 +55,7 @@ impl Default for WorkerOptions {
             collective_listen: String::new(),
             advertise_host: String::new(),
             collective: "auto".into(),
+            token: None,
         }
     }
 }
@@ -62,8 +69,49 @@ pub fn endpoint_url(s: &str) -> String {
     }
 }
 
-/// Connects to the coordinator, retrying until `timeout` (it may still be starting).
-pub async fn connect(url: &str, timeout: Duration) -> Result<Channel> {
+/// Adds the bearer token (if any) to every call on a connection.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    fn new(token: Option<&Token>) -> Result<Self> {
+        let Some(t) = token else {
+            return Ok(Self(None));
+        };
+        let mut v: MetadataValue<Ascii> = t.header_value().parse().map_err(|_| Error::Connect {
+            url: String::new(),
+            message: "the token holds characters a gRPC header cannot carry (use ASCII)".into(),
+        })?;
+        // Never indexed by HPACK or shown by the HTTP layer's debug output.
+        v.set_sensitive(true);
+        Ok(Self(Some(v)))
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut r: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A connection to the coordinator that presents this process's token.
+pub type Conn = InterceptedService<Channel, Auth>;
+
+/// Connects to the coordinator, retrying until `timeout` (it may still be starting); every call
+/// on the connection presents `token`.
+pub async fn connect(url: &str, timeout: Duration, token: Option<&Token>) -> Result<Conn> {
+    let auth = Auth::new(token)?;
+    let channel = connect_channel(url, timeout).await?;
+    Ok(InterceptedService::new(channel, auth))
+}
+
+async fn connect_channel(url: &str, timeout: Duration) -> Result<Channel> {
     let url = endpoint_url(url);
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| Error::Connect {
@@ -164,7 +212,7 @@ pub async fn run(
     if !flowsynth_model::reuse_freed_memory() {
         tracing::debug!("malloc settings left as they are (not glibc)");
     }
-    let channel = connect(&opts.coordinator, opts.connect_timeout).await?;
+    let channel = connect(&opts.coordinator, opts.connect_timeout, opts.token.as_ref()).await?;
     let mut client = WorkerServiceClient::new(channel);
     let (listener, collective_address) = bind_collective(&opts)?;
     tracing::info!("collective listener on {collective_address}");
@@ -202,15 +250,18 @@ pub async fn run(
         let call = client.get_assignment(GetAssignmentRequest {
             worker_id: session.worker_id.clone(),
             wait_ms: 10_000,
+            left_job_id: left.clone().unwrap_or_default(),
         });
         let resp = tokio::select! {
             _ = &mut shutdown => break Ok(summary),
             r = call => r,
         };
-        let assignment = match resp {
+        let (assignment, left_state) = match resp {
             Ok(r) => {
                 backoff.reset();
-                r.into_inner().assignment
+                let r = r.into_inner();
+                let state = r.left_job_state();
+                (r.assignment, state)
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::warn!("{}", status.message());
@@ -228,12 +279,16 @@ pub async fn run(
             Err(status) => break Err(Error::rpc("get_assignment")(status)),
         };
         let Some(a) = assignment else {
-            if let Some(job_id) = left.clone()
-                && let Some(succeeded) = job_outcome(&opts.coordinator, &job_id).await
+            // The job this worker left ended without it.
+            if left.is_some()
+                && matches!(
+                    left_state,
+                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                )
             {
                 left = None;
                 summary.jobs += 1;
-                summary.failed += usize::from(!succeeded);
+                summary.failed += usize::from(left_state != JobState::Succeeded);
                 if opts.max_jobs > 0 && summary.jobs >= opts.max_jobs {
                     break Ok(summary);
                 }
@@ -356,7 +411,7 @@ struct Session {
 
 impl Session {
     async fn start(
-        client: &mut WorkerServiceClient<Channel>,
+        client: &mut WorkerServiceClient<Conn>,
         opts: &WorkerOptions,
         collective_address: &str,
         shared: &Shared,
@@ -401,7 +456,7 @@ impl Session {
 /// behind (it restarted without this worker) hears that it must stop; a coordinator that no
 /// longer knows this worker stops its job too (a restarted coordinator re-queued it).
 async fn heartbeats(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: WorkerServiceClient<Conn>,
     id: String,
     every: Duration,
     shared: Shared,
@@ -457,25 +512,6 @@ enum Part {
     Left,
 }
 
-/// The end state of a job: `Some(true)` succeeded, `Some(false)` failed or cancelled, `None`
-/// still running (or unknown for now).
-async fn job_outcome(coordinator: &str, job_id: &str) -> Option<bool> {
-    use flowsynth_proto::job_service_client::JobServiceClient;
-    let channel = connect(coordinator, Duration::from_secs(5)).await.ok()?;
-    let job = JobServiceClient::new(channel)
-        .get_job(flowsynth_proto::GetJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .ok()?
-        .into_inner();
-    match job.state() {
-        JobState::Succeeded => Some(true),
-        JobState::Failed | JobState::Cancelled => Some(false),
-        _ => None,
-    }
-}
-
 /// This worker, as an assignment needs it.
 struct Me<'a> {
     worker_id: &'a str,
@@ -518,7 +554,7 @@ fn choose_collective(a: &Assignment, me: &Me<'_>) -> Result<&'static str> {
 
 /// Runs the rendezvous of the assignment's generation; `None` when the coordinator aborted it.
 async fn rendezvous(
-    client: &mut WorkerServiceClient<Channel>,
+    client: &mut WorkerServiceClient<Conn>,
     me: &Me<'_>,
     a: &Assignment,
 ) -> Result<Option<Peers>> {
@@ -590,7 +626,7 @@ fn take_events(events: &Mutex<Vec<String>>) -> Vec<String> {
 
 /// Sends one progress report; true when the coordinator says to stop.
 async fn report_progress(
-    client: &mut WorkerServiceClient<Channel>,
+    client: &mut WorkerServiceClient<Conn>,
     worker_id: &str,
     a: &Assignment,
     progress: Progress,
@@ -629,7 +665,7 @@ fn failure_report(worker_id: &str, a: &Assignment, e: &Error) -> DoneReport {
 
 /// Runs one assignment to its end and reports it.
 async fn run_assignment(
-    client: &mut WorkerServiceClient<Channel>,
+    client: &mut WorkerServiceClient<Conn>,
     me: &Me<'_>,
     a: Assignment,
     stops: &Arc<Mutex<HashSet<String>>>,
