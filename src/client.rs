@@ -4,27 +4,26 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use flowsynth_common::auth::Token;
 use flowsynth_proto::job_service_client::JobServiceClient;
 use flowsynth_proto::{
     CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, SubmitJobRequest,
     WatchJobRequest, job_spec::Kind,
 };
-use flowsynth_worker::runtime::Conn;
+use flowsynth_worker::runtime::{Access, Conn};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A coordinator and the token this client presents to it.
+/// A coordinator, and how this client proves itself to it and checks it back.
 pub struct Remote {
     pub url: String,
-    pub token: Option<Token>,
+    pub access: Access,
 }
 
 type Client = JobServiceClient<Conn>;
 
 async fn connect(remote: &Remote) -> Result<Client> {
-    let token = remote.token.as_ref();
     let channel =
-        flowsynth_worker::runtime::connect(&remote.url, Duration::from_secs(10), token).await?;
+        flowsynth_worker::runtime::connect(&remote.url, Duration::from_secs(10), &remote.access)
+            .await?;
     Ok(JobServiceClient::new(channel))
 }
 
@@ -400,7 +399,7 @@ pub async fn run_embedded(mut spec: JobSpec, device: &str, workers: usize) -> Re
     let outcome = async {
         let remote = Remote {
             url: url.clone(),
-            token: None,
+            access: Access::default(),
         };
         let mut client = connect(&remote).await?;
         let job = client

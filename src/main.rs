@@ -406,6 +406,12 @@ struct CoordinatorArgs {
     /// reports). Default: the client token.
     #[arg(long)]
     worker_token_file: Option<PathBuf>,
+    /// PEM certificate chain of this coordinator: serve gRPC over TLS only (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -605,13 +611,27 @@ struct Connection {
     /// worker token). Default: $FLOWSYNTH_TOKEN, when set.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the coordinator's TLS certificate: connect over TLS
+    /// (an http:// coordinator URL is taken as https://).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 impl Connection {
     fn remote(&self) -> Result<client::Remote> {
+        let tls_ca = match &self.tls_ca {
+            Some(f) => Some(
+                std::fs::read(f)
+                    .with_context(|| format!("--tls-ca: cannot read {}", f.display()))?,
+            ),
+            None => None,
+        };
         Ok(client::Remote {
             url: self.coordinator.clone(),
-            token: Token::for_client(self.token_file.as_deref())?,
+            access: flowsynth_worker::runtime::Access {
+                token: Token::for_client(self.token_file.as_deref())?,
+                tls_ca,
+            },
         })
     }
 }
@@ -735,21 +755,39 @@ async fn run(cli: Cli) -> Result<()> {
             // The bound address goes to stdout (a `--listen 127.0.0.1:0` caller learns the port).
             println!("listening on {}", listener.local_addr()?);
             let read = |f: &Option<PathBuf>| f.as_deref().map(Token::from_file).transpose();
+            let pem = |flag: &str, f: &PathBuf| {
+                std::fs::read(f).with_context(|| format!("{flag}: cannot read {}", f.display()))
+            };
+            let tls_identity = match (&a.tls_cert, &a.tls_key) {
+                (Some(c), Some(k)) => Some((pem("--tls-cert", c)?, pem("--tls-key", k)?)),
+                _ => None,
+            };
             let config = flowsynth_coordinator::CoordinatorConfig {
                 heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout.max(1)),
                 client_token: read(&a.token_file)?,
                 worker_token: read(&a.worker_token_file)?,
+                tls_identity,
                 ..Default::default()
             };
             let local = listener.local_addr()?;
-            if !local.ip().is_loopback()
-                && config.client_token.is_none()
-                && config.worker_token.is_none()
-            {
-                tracing::warn!(
-                    "listening on {local} without TLS or tokens: anyone who reaches this port can \
-                     submit, cancel and list jobs and join as a worker (set --token-file)"
-                );
+            let tokens = config.client_token.is_some() || config.worker_token.is_some();
+            let missing = match (config.tls_identity.is_some(), tokens) {
+                _ if local.ip().is_loopback() => None,
+                (false, false) => Some(
+                    "TLS or tokens: anyone who reaches this port can submit, cancel and list \
+                     jobs and join as a worker (set --tls-cert/--tls-key and --token-file)",
+                ),
+                (false, true) => {
+                    Some("TLS: tokens travel in clear text (set --tls-cert/--tls-key)")
+                }
+                (true, false) => Some(
+                    "tokens: anyone who reaches this port can submit jobs and join as a worker \
+                     (set --token-file)",
+                ),
+                (true, true) => None,
+            };
+            if let Some(m) = missing {
+                tracing::warn!("listening on {local} without {m}");
             }
             flowsynth_coordinator::serve(listener, store, config, shutdown_signal()).await?;
             Ok(())
@@ -758,7 +796,7 @@ async fn run(cli: Cli) -> Result<()> {
             let remote = a.conn.remote()?;
             let opts = flowsynth_worker::WorkerOptions {
                 coordinator: remote.url,
-                token: remote.token,
+                access: remote.access,
                 device: a.device,
                 max_jobs: a.max_jobs,
                 collective: a.collective,

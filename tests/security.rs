@@ -198,3 +198,136 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`:
+/// (ca.pem, server.pem, server.key).
+fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_serves_only_clients_that_trust_the_coordinator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (ca, cert, key) = certificates(root);
+    let mut coordinator = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
+        .arg(root.join("state"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("FLOWSYNTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(coordinator.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _coordinator = Proc(coordinator);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let ca = ca.to_str().unwrap();
+
+    // With the CA: served, whether the URL says https:// or http://.
+    for url in [format!("https://{addr}"), format!("http://{addr}")] {
+        let ok = flowsynth(&["status", "--coordinator", &url, "--tls-ca", ca], None);
+        assert!(ok.status.success(), "{url}: {}", stderr(&ok));
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("no jobs"));
+    }
+    // Plain text is refused; https without a CA says which flag is missing; another CA fails.
+    let plain = flowsynth(
+        &["status", "--coordinator", &format!("http://{addr}")],
+        None,
+    );
+    assert!(!plain.status.success(), "a plaintext client is not served");
+    let no_ca = flowsynth(
+        &["status", "--coordinator", &format!("https://{addr}")],
+        None,
+    );
+    assert!(stderr(&no_ca).contains("--tls-ca"), "{}", stderr(&no_ca));
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = certificates(other.path());
+    let untrusted = flowsynth(
+        &[
+            "status",
+            "--coordinator",
+            &format!("https://{addr}"),
+            "--tls-ca",
+            other_ca.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !untrusted.status.success(),
+        "a coordinator signed by another CA is not trusted"
+    );
+
+    // A worker over TLS registers and serves (it exits after its first, failing, job).
+    let dataset = root.join("dataset");
+    convert_nsl_subset(root, 300, dataset.to_str().unwrap(), 300, &[]);
+    let url = format!("https://{addr}");
+    let mut worker = Command::new(BIN)
+        .args([
+            "worker",
+            "--max-jobs",
+            "1",
+            "--coordinator",
+            &url,
+            "--tls-ca",
+            ca,
+        ])
+        .env("FLOWSYNTH_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let out = flowsynth(
+        &[
+            "submit",
+            "train",
+            "--coordinator",
+            &url,
+            "--tls-ca",
+            ca,
+            "--data",
+            dataset.to_str().unwrap(),
+            "--checkpoints",
+            root.join("ck").to_str().unwrap(),
+            "--device",
+            "cuda:7",
+            "--wait",
+        ],
+        None,
+    );
+    assert!(
+        stderr(&out).contains("no such CUDA device"),
+        "the job reached the worker over TLS: {}",
+        stderr(&out)
+    );
+    assert_eq!(worker.wait().unwrap().code(), Some(3));
+}

@@ -10,6 +10,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS certificate or key (--tls-cert / --tls-key) unusable: {0}")]
+    Tls(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
     #[error(transparent)]

@@ -36,6 +36,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls_identity {
+        // A certificate or key that does not parse fails here, before anything is served.
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
     let coordinator = Coordinator::open(store.clone(), config.clone()).await?;
     let closer = coordinator.clone();
     let reaper = coordinator.clone();
@@ -69,7 +77,7 @@ pub async fn serve(
     let workers = WorkerServiceServer::with_interceptor(coordinator, move |r| {
         tokens.check(auth::Scope::Worker, &r).map(|()| r)
     });
-    let result = tonic::transport::Server::builder()
+    let result = server
         .add_service(health_service)
         .add_service(jobs)
         .add_service(workers)

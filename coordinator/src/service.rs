@@ -43,6 +43,8 @@ pub struct CoordinatorConfig {
     pub client_token: Option<Token>,
     /// Token workers must present (WorkerService); `None`: the client token, if any.
     pub worker_token: Option<Token>,
+    /// TLS certificate chain and private key (PEM): with them, the coordinator speaks only TLS.
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for CoordinatorConfig {
@@ -53,6 +55,7 @@ impl Default for CoordinatorConfig {
             max_wait: Duration::from_secs(20),
             client_token: None,
             worker_token: None,
+            tls_identity: None,
         }
     }
 }

@@ -41,8 +41,8 @@ pub struct WorkerOptions {
     /// Collective for multi-worker jobs that ask for `auto`: `auto` (NCCL on CUDA devices when
     /// libnccl loads, else TCP), `tcp` or `nccl`.
     pub collective: String,
-    /// Token presented to the coordinator (its worker token).
-    pub token: Option<Token>,
+    /// How this worker proves itself to the coordinator and checks it back.
+    pub access: Access,
 }
 
 impl Default for WorkerOptions {
@@ -55,9 +55,19 @@ impl Default for WorkerOptions {
             collective_listen: String::new(),
             advertise_host: String::new(),
             collective: "auto".into(),
-            token: None,
+            access: Access::default(),
         }
     }
+}
+
+/// What a connection to the coordinator presents and trusts.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Bearer token for every call (the coordinator's client or worker token).
+    pub token: Option<Token>,
+    /// PEM certificate(s) of the authority that signed the coordinator's TLS certificate: with
+    /// it, the connection is TLS (`https://`) and the coordinator must prove its name.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -104,22 +114,40 @@ impl Interceptor for Auth {
 pub type Conn = InterceptedService<Channel, Auth>;
 
 /// Connects to the coordinator, retrying until `timeout` (it may still be starting); every call
-/// on the connection presents `token`.
-pub async fn connect(url: &str, timeout: Duration, token: Option<&Token>) -> Result<Conn> {
-    let auth = Auth::new(token)?;
-    let channel = connect_channel(url, timeout).await?;
+/// on the connection presents the access token, over TLS when a CA is given.
+pub async fn connect(url: &str, timeout: Duration, access: &Access) -> Result<Conn> {
+    let auth = Auth::new(access.token.as_ref())?;
+    let channel = connect_channel(url, timeout, access.tls_ca.as_deref()).await?;
     Ok(InterceptedService::new(channel, auth))
 }
 
-async fn connect_channel(url: &str, timeout: Duration) -> Result<Channel> {
-    let url = endpoint_url(url);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| Error::Connect {
-            url: url.clone(),
-            message: e.to_string(),
-        })?
+async fn connect_channel(url: &str, timeout: Duration, tls_ca: Option<&[u8]>) -> Result<Channel> {
+    let mut url = endpoint_url(url);
+    if tls_ca.is_some()
+        && let Some(rest) = url.strip_prefix("http://")
+    {
+        url = format!("https://{rest}");
+    }
+    let invalid = |message: String| Error::Connect {
+        url: url.clone(),
+        message,
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| invalid(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if let Some(ca) = tls_ca {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("TLS settings: {e}")))?;
+    } else if url.starts_with("https://") {
+        return Err(invalid(
+            "an https:// coordinator needs --tls-ca FILE (the CA that signed its certificate)"
+                .into(),
+        ));
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match endpoint.connect().await {
@@ -212,7 +240,7 @@ pub async fn run(
     if !flowsynth_model::reuse_freed_memory() {
         tracing::debug!("malloc settings left as they are (not glibc)");
     }
-    let channel = connect(&opts.coordinator, opts.connect_timeout, opts.token.as_ref()).await?;
+    let channel = connect(&opts.coordinator, opts.connect_timeout, &opts.access).await?;
     let mut client = WorkerServiceClient::new(channel);
     let (listener, collective_address) = bind_collective(&opts)?;
     tracing::info!("collective listener on {collective_address}");
