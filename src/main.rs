@@ -740,15 +740,47 @@ fn error_message(e: &anyhow::Error) -> String {
     msg
 }
 
+/// A local output folder that a command may create: if the command fails and leaves it empty,
+/// it is removed, so a failed run leaves nothing behind (an object store has no folders).
+struct OutputFolder(Option<PathBuf>);
+
+impl OutputFolder {
+    fn new(spec: &str) -> Self {
+        let local = (!spec.contains("://") || spec.starts_with("file://"))
+            .then(|| PathBuf::from(spec.trim_start_matches("file://")));
+        Self(local.filter(|p| !p.exists()))
+    }
+
+    /// Passes `result` through, removing the folder first if it failed and left it empty.
+    fn settle<T>(self, result: Result<T>) -> Result<T> {
+        if result.is_err()
+            && let Some(p) = self.0
+            && std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none())
+        {
+            let _ = std::fs::remove_dir(&p);
+        }
+        result
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert(a) => run_convert(a).await,
+        Command::Convert(a) => {
+            let out = OutputFolder::new(&a.out);
+            out.settle(run_convert(a).await)
+        }
         Command::Train(a) => {
+            let out = OutputFolder::new(&a.job.checkpoints);
             let spec = a.job.spec()?;
             let device = a.job.job_config()?.train.device;
-            client::run_embedded(spec, &device, a.local_workers).await
+            out.settle(client::run_embedded(spec, &device, a.local_workers).await)
         }
-        Command::Sample(a) => client::run_embedded(a.job.spec()?, &a.device, a.local_workers).await,
+        Command::Sample(a) => {
+            let out = OutputFolder::new(&a.job.out);
+            let run =
+                async { client::run_embedded(a.job.spec()?, &a.device, a.local_workers).await };
+            out.settle(run.await)
+        }
         Command::Coordinator(a) => {
             let store = Location::parse(&a.store)?;
             let listener = flowsynth_coordinator::bind(&a.listen).await?;

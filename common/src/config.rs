@@ -291,7 +291,7 @@ impl JobConfig {
         })?;
         cfg.validate().map_err(|message| Error::Config {
             location: location.to_string(),
-            message,
+            message: with_key_line(text, message),
         })?;
         Ok(cfg)
     }
@@ -390,6 +390,31 @@ impl JobConfig {
 
 /// One line naming the key and the line of a TOML error (`train.epochs` at line 2: invalid
 /// type: ...), rather than toml's multi-line excerpt without the table.
+/// A validation message that starts with a key path (`train.batch_size must be ...`), with the
+/// line where the file sets that key; unchanged when the file does not set it (a default).
+fn with_key_line(text: &str, message: String) -> String {
+    let Some((table, key)) = message
+        .split_whitespace()
+        .next()
+        .and_then(|path| path.split_once('.'))
+    else {
+        return message;
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            current = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if current == table
+            && let Some((k, _)) = l.split_once('=')
+            && k.trim() == key
+        {
+            return format!("{message} (line {})", i + 1);
+        }
+    }
+    message
+}
+
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
         return e.message().to_string();

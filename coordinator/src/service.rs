@@ -545,6 +545,44 @@ impl Coordinator {
 }
 
 /// Validates a spec and prepares its work plan (reads the dataset or checkpoint).
+/// The most rows one sampling job may generate: far beyond any augmentation (a billion rows of
+/// flows are hundreds of GB of Parquet), and far below what would overflow the plan.
+pub const MAX_SAMPLE_ROWS: u64 = 1_000_000_000;
+
+/// Refuses a sampling request no client of ours sends: absurd counts, non-finite or
+/// out-of-range sampler settings (0 means "the checkpoint's setting").
+fn check_sample_spec(s: &SampleSpec) -> Result<(), Status> {
+    let mut total: u64 = 0;
+    for c in &s.classes {
+        if c.class_name.trim().is_empty() {
+            return Err(Status::invalid_argument("a class name is empty"));
+        }
+        total = total.saturating_add(c.count);
+    }
+    if total > MAX_SAMPLE_ROWS {
+        return Err(Status::invalid_argument(format!(
+            "{total} rows requested; a sampling job generates at most {MAX_SAMPLE_ROWS} \
+             (split the request into several jobs)"
+        )));
+    }
+    if !(s.guidance_scale.is_finite() && s.guidance_scale >= 0.0) {
+        return Err(Status::invalid_argument(format!(
+            "guidance scale {} must be a positive number",
+            s.guidance_scale
+        )));
+    }
+    if !(s.strength.is_finite() && (0.0..=1.0).contains(&s.strength)) {
+        return Err(Status::invalid_argument(format!(
+            "strength {} must be in (0, 1]",
+            s.strength
+        )));
+    }
+    if s.steps == 1 {
+        return Err(Status::invalid_argument("sampler steps must be at least 2"));
+    }
+    Ok(())
+}
+
 async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
     let spec = job
         .spec
@@ -569,6 +607,7 @@ async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
             })
         }
         Some(Kind::Sample(s)) => {
+            check_sample_spec(s)?;
             let ckpt = checkpoint::resolve(&s.checkpoint_url)
                 .await
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;

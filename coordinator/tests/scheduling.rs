@@ -511,3 +511,89 @@ async fn a_failure_of_the_job_itself_is_not_retried() {
     assert_eq!(failed.state(), JobState::Failed);
     assert_eq!(failed.restarts, 0);
 }
+
+/// Malformed RPCs (part of the bad-input corpus, tests/bad_inputs/README.md): each is refused
+/// with a clean status naming the field, before any checkpoint or store is touched.
+#[tokio::test]
+async fn malformed_requests_get_a_clean_error_naming_the_field() {
+    let f = fixture(CoordinatorConfig::default()).await;
+    let c = &f.coordinator;
+    let sample = |edit: fn(&mut SampleSpec)| {
+        let mut s = SampleSpec {
+            checkpoint_url: "/nonexistent/ckpt".into(),
+            classes: vec![ClassCount {
+                class_name: "a".into(),
+                count: 10,
+            }],
+            out_url: "/nonexistent/out".into(),
+            ..Default::default()
+        };
+        edit(&mut s);
+        JobSpec {
+            kind: Some(job_spec::Kind::Sample(s)),
+            min_workers: 1,
+            max_workers: 1,
+            ..Default::default()
+        }
+    };
+    let cases: Vec<(&str, JobSpec, &str)> = vec![
+        (
+            "10^12 rows",
+            sample(|s| s.classes[0].count = 1_000_000_000_000),
+            "at most",
+        ),
+        (
+            "NaN guidance",
+            sample(|s| s.guidance_scale = f64::NAN),
+            "guidance",
+        ),
+        (
+            "negative guidance",
+            sample(|s| s.guidance_scale = -1.0),
+            "guidance",
+        ),
+        ("strength above 1", sample(|s| s.strength = 1.5), "strength"),
+        (
+            "NaN strength",
+            sample(|s| s.strength = f64::NAN),
+            "strength",
+        ),
+        ("one sampler step", sample(|s| s.steps = 1), "steps"),
+        (
+            "an empty class name",
+            sample(|s| s.classes[0].class_name = " ".into()),
+            "class name",
+        ),
+        ("no kind", JobSpec::default(), "neither train nor sample"),
+    ];
+    for (case, spec, needle) in cases {
+        let err = c
+            .submit_job(Request::new(SubmitJobRequest { spec: Some(spec) }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{case}: {err:?}");
+        assert!(err.message().contains(needle), "{case}: {}", err.message());
+    }
+    for id in ["", "job-nope"] {
+        let err = c
+            .get_job(Request::new(GetJobRequest { job_id: id.into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "get `{id}`");
+        let err = c
+            .cancel_job(Request::new(CancelJobRequest { job_id: id.into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "cancel `{id}`");
+    }
+    // A worker id nobody registered is told to register, not served.
+    let err = c
+        .get_assignment(Request::new(GetAssignmentRequest {
+            worker_id: String::new(),
+            wait_ms: 10,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}

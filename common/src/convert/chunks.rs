@@ -74,6 +74,36 @@ pub(super) struct Chunk {
     values: Vec<Vec<f64>>,
 }
 
+/// The longest field a flow record may hold: flow features are numbers and short names; a
+/// longer field is binary data or a broken quote that swallowed the rest of the file.
+pub(super) const MAX_FIELD_BYTES: usize = 1 << 20;
+
+/// Refuses a field no CSV of flows holds: a NUL byte (binary data) or more than
+/// [`MAX_FIELD_BYTES`]; the error names file, line and field (1-based column number).
+fn check_field(field: &[u8], column: usize, label: usize, line: u64, path: &Path) -> Result<()> {
+    let what = |m: String| Error::Csv {
+        path: path.to_path_buf(),
+        line,
+        message: format!(
+            "field {}{} {m}",
+            column + 1,
+            if column == label { " (the label)" } else { "" }
+        ),
+    };
+    if field.len() > MAX_FIELD_BYTES {
+        return Err(what(format!(
+            "is {} bytes long, over the {} MiB a flow field may have (binary data, or an \
+             unclosed quote?)",
+            field.len(),
+            MAX_FIELD_BYTES >> 20
+        )));
+    }
+    if field.contains(&0) {
+        return Err(what("holds a NUL byte: binary data, not CSV text".into()));
+    }
+    Ok(())
+}
+
 /// A chunk being filled by the reader.
 struct Filling {
     chunk: Chunk,
@@ -122,12 +152,15 @@ impl Filling {
         };
         let c = &mut self.chunk;
         for &f in features {
-            self.data.extend_from_slice(rec.get(f).unwrap_or_default());
+            let field = rec.get(f).unwrap_or_default();
+            check_field(field, f, label, line, path)?;
+            self.data.extend_from_slice(field);
             c.ends
                 .push(u32::try_from(self.data.len()).map_err(|_| too_long())?);
         }
-        c.labels
-            .extend_from_slice(rec.get(label).unwrap_or_default());
+        let label_field = rec.get(label).unwrap_or_default();
+        check_field(label_field, label, label, line, path)?;
+        c.labels.extend_from_slice(label_field);
         c.label_ends
             .push(u32::try_from(c.labels.len()).map_err(|_| too_long())?);
         c.lines.push(line);
