@@ -396,7 +396,7 @@ struct CoordinatorArgs {
     #[arg(long, env = "FLOWSYNTH_STORE")]
     store: String,
     /// Seconds without heartbeat after which a worker counts as dead.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "FLOWSYNTH_HEARTBEAT_TIMEOUT", default_value_t = 30)]
     heartbeat_timeout: u64,
     /// File holding the token clients must present (submit, status, cancel, watch); without
     /// it, any client that reaches the port is served.

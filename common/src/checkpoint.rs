@@ -258,6 +258,38 @@ async fn prune(root: &Location, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Parses a checkpoint's `manifest.json` (of the checkpoint at `url`, which errors name): the
+/// format version must be this build's, and every listed file a plain name inside the
+/// checkpoint (no folders, no `..`), so a tampered manifest cannot make a reader fetch objects
+/// elsewhere in the store.
+pub fn parse_manifest(raw: &[u8], url: &str) -> Result<CheckpointManifest> {
+    let invalid = |reason: String| Error::InvalidCheckpoint {
+        location: url.to_string(),
+        reason,
+    };
+    let manifest: CheckpointManifest =
+        serde_json::from_slice(raw).map_err(|e| invalid(format!("manifest.json: {e}")))?;
+    if manifest.format_version != CHECKPOINT_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format version {} is not supported",
+            manifest.format_version
+        )));
+    }
+    for f in &manifest.files {
+        let plain = !f.name.is_empty()
+            && f.name != "."
+            && f.name != ".."
+            && !f.name.contains(['/', '\\', '\0']);
+        if !plain {
+            return Err(invalid(format!(
+                "manifest.json lists `{}`, which is not a file name inside the checkpoint",
+                f.name.escape_debug()
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
 /// Reads and verifies the checkpoint directory at `dir`.
 pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
     let url = dir.url().to_string();
@@ -268,20 +300,7 @@ pub async fn load_dir(dir: &Location) -> Result<LoadedCheckpoint> {
             location: url.clone(),
             reason: "no manifest.json (not a committed checkpoint)".into(),
         })?;
-    let manifest: CheckpointManifest =
-        serde_json::from_slice(&raw).map_err(|e| Error::InvalidCheckpoint {
-            location: url.clone(),
-            reason: format!("manifest.json: {e}"),
-        })?;
-    if manifest.format_version != CHECKPOINT_FORMAT_VERSION {
-        return Err(Error::InvalidCheckpoint {
-            location: url,
-            reason: format!(
-                "format version {} is not supported",
-                manifest.format_version
-            ),
-        });
-    }
+    let manifest = parse_manifest(&raw, &url)?;
     let mut files = BTreeMap::new();
     for f in &manifest.files {
         let bytes = dir.get(&f.name).await?;

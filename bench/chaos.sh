@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Chaos harness (not in `make test`): training jobs on the compose cluster (docker/compose.yaml:
+# moto, a coordinator, 3 workers, each its own container and address), each disturbed once at a
+# random VAE epoch:
+#   KILLS jobs        a random rank's worker container is killed (docker kill, SIGKILL); a new
+#                     worker container takes the place of the spare it used
+#   COORDINATOR jobs  the coordinator container is killed and started again (same store)
+#   PARTITIONS jobs   a rank's worker container is cut off the network for PARTITION_S seconds
+#                     (docker network disconnect), then reconnected
+# and records per kind: jobs completed, restarts, time lost against an undisturbed job, and
+# whether every final checkpoint verifies (a sampling run from it checks every file's sha256).
+#
+#   KILLS=20 COORDINATOR=10 PARTITIONS=5 bash bench/chaos.sh    (defaults; about an hour)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+KILLS="${KILLS:-20}"
+COORDINATOR="${COORDINATOR:-10}"
+PARTITIONS="${PARTITIONS:-5}"
+PARTITION_S="${PARTITION_S:-15}"
+JOB_TIMEOUT="${JOB_TIMEOUT:-600}"
+DATA="$(cd "${DATA:-../shared/data}" && pwd)"
+export PROFILE=release
+log() { echo "chaos: $*" >&2; }
+
+bash scripts/image.sh
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+project="flowsynth-chaos-$$"
+export FLOWSYNTH_IMAGE="flowsynth:$version" FLOWSYNTH_DATA="$DATA" HEARTBEAT_TIMEOUT=5
+S3_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+export S3_PORT
+compose() { docker-compose --ansi never -p "$project" -f docker/compose.yaml "$@"; }
+trap 'compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+client() { compose run --rm -T client "$@" 2>/dev/null; }
+field() { sed -n "s/^$1: *//p"; }
+
+compose up -d --scale worker=3 coordinator worker >/dev/null 2>&1
+client convert --preset nsl-kdd --out s3://flowsynth/datasets/nsl /data/nsl-kdd/KDDTrain+.txt.gz >/dev/null
+network="${project}_cluster"
+
+# A job that takes long enough to be disturbed in its VAE stage: 8 VAE epochs with a committed
+# checkpoint after each.
+submit() {  # submit NAME -> job id
+  client submit train --workers 2 --data s3://flowsynth/datasets/nsl \
+    --checkpoints "s3://flowsynth/checkpoints/$1" --max-rows 20000 --epochs 8 \
+    --diffusion-epochs 2 --batch-size 256 | grep -o 'job-[0-9a-f]*' | head -n1
+}
+vae_epoch() {  # vae_epoch JOB -> the current VAE epoch, 0 outside the VAE stage
+  client status "$1" | field progress | sed -n 's/^vae epoch \([0-9]*\)\/.*/\1/p' | grep . || echo 0
+}
+wait_end() {  # wait_end JOB -> final state
+  local started=$SECONDS state
+  while :; do
+    state="$(client status "$1" | field state)"
+    case "$state" in succeeded|failed|cancelled) echo "$state"; return ;; esac
+    [ $((SECONDS - started)) -lt "$JOB_TIMEOUT" ] || { echo "timeout"; return; }
+    sleep 2
+  done
+}
+container_of() {  # container_of WORKER_ID -> the worker container that registered as it last
+  for c in $(compose ps -q worker); do
+    if docker logs "$c" 2>&1 | grep "registered as" | tail -n1 | grep -q "$1"; then echo "$c"; return; fi
+  done
+}
+verify() {  # verify NAME -> ok|broken
+  if client sample --checkpoint "s3://flowsynth/checkpoints/$1" --classes normal=20 \
+      --out "s3://flowsynth/verify/$1" --device cpu >/dev/null; then echo ok; else echo broken; fi
+}
+
+log "baseline: one undisturbed job"
+t0=$SECONDS
+job="$(submit baseline)"
+[ "$(wait_end "$job")" = succeeded ] || { log "the undisturbed job failed"; exit 1; }
+baseline=$((SECONDS - t0))
+log "baseline job: $baseline s"
+
+results="$(mktemp)"
+run_case() {  # run_case KIND N
+  local kind="$1" n="$2" name job epoch target ranks victim state restarts t
+  name="$kind-$n"
+  t=$SECONDS
+  job="$(submit "$name")"
+  target=$((RANDOM % 5 + 2))
+  while [ "$(vae_epoch "$job")" -lt "$target" ]; do
+    state="$(client status "$job" | field state)"
+    case "$state" in succeeded|failed|cancelled) break ;; esac
+    sleep 1
+  done
+  ranks="$(client status "$job" | field workers)"
+  victim="$(echo "$ranks" | tr ',' '\n' | sed 's/ //g' | grep . | shuf -n1)"
+  case "$kind" in
+    kill)
+      c="$(container_of "$victim")"
+      docker kill "$c" >/dev/null
+      compose up -d --no-recreate --scale worker=3 worker >/dev/null 2>&1 ;;
+    coordinator)
+      docker kill "$(compose ps -q coordinator)" >/dev/null
+      sleep 1
+      compose start coordinator >/dev/null 2>&1 ;;
+    partition)
+      c="$(container_of "$victim")"
+      docker network disconnect "$network" "$c"
+      sleep "$PARTITION_S"
+      docker network connect "$network" "$c" ;;
+  esac
+  state="$(wait_end "$job")"
+  restarts="$(client status "$job" | field restarts | cut -d' ' -f1)"
+  echo "$kind $state ${restarts:-0} $((SECONDS - t - baseline)) $(verify "$name") epoch=$target" | tee -a "$results" >&2
+}
+for n in $(seq 1 "$KILLS"); do run_case kill "$n"; done
+for n in $(seq 1 "$COORDINATOR"); do run_case coordinator "$n"; done
+for n in $(seq 1 "$PARTITIONS"); do run_case partition "$n"; done
+
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print()
+print("| fault | jobs | completed | restarts | time lost per disturbed job (median, s) | final checkpoints that verify |")
+print("|---|---|---|---|---|---|")
+for kind in ("kill", "coordinator", "partition"):
+    r = [x for x in rows if x[0] == kind]
+    if not r:
+        continue
+    ok = sum(x[1] == "succeeded" for x in r)
+    lost = statistics.median(int(x[3]) for x in r)
+    good = sum(x[4] == "ok" for x in r)
+    print(f"| {kind} | {len(r)} | {ok}/{len(r)} | {sum(int(x[2]) for x in r)} | {lost:.0f} | {good}/{len(r)} |")
+PY
+echo
+echo "baseline (undisturbed) job: $baseline s; machine: $(nproc) cores, $(uname -m)"
