@@ -23,7 +23,7 @@ DATA="$(cd "${DATA:-../shared/data}" && pwd)"
 export PROFILE=release
 log() { echo "chaos: $*" >&2; }
 
-bash scripts/image.sh
+make --no-print-directory image   # the release binary, rebuilt if stale, in the image
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 project="flowsynth-chaos-$$"
 export FLOWSYNTH_IMAGE="flowsynth:$version" FLOWSYNTH_DATA="$DATA" HEARTBEAT_TIMEOUT=5

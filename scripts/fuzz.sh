@@ -12,8 +12,16 @@ bash scripts/setup-libtorch.sh >/dev/null
 export FUZZ_SECONDS="${1:-300}"
 echo "fuzz: ${FUZZ_SECONDS} s per target, seed ${FUZZ_SEED:-0x5eed (default)}" >&2
 # One target at a time: each gets the machine, and the times add up as stated.
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
 for target in csv_reader_and_type_inference dataset_manifest checkpoint_manifest; do
-  cargo test --release --quiet -p flowsynth-common --test fuzz -- --exact "$target" --nocapture 2>&1 \
-    | grep -E '^fuzz |panics|FAILED|error' || true
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz: $target FAILED" >&2; exit 1; }
+  rc=0
+  cargo test --release --quiet -p flowsynth-common --test fuzz -- --exact "$target" --nocapture \
+    > "$out" 2>&1 || rc=$?
+  grep -E '^fuzz |panics|saved as' "$out" || true
+  if [ "$rc" != 0 ]; then
+    tail -30 "$out" >&2
+    echo "fuzz: $target FAILED" >&2
+    exit 1
+  fi
 done

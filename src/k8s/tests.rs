@@ -817,9 +817,16 @@ fn compose_cluster_commands_parse_and_containers_are_locked_down() {
         let env_map = get(s, &["environment"])
             .and_then(Value::as_mapping)
             .expect("environment");
+        // `${VAR:-default}` is compose's substitution: the value is the default unless set.
+        let resolve = |v: &str| -> String {
+            match v.strip_prefix("${").and_then(|r| r.split_once(":-")) {
+                Some((_, default)) => default.trim_end_matches('}').to_string(),
+                None => v.to_string(),
+            }
+        };
         let env: BTreeMap<String, Option<String>> = env_map
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str().map(str::to_string))))
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str().map(resolve))))
             .collect();
         if let Err(e) = parse_as_container(&args, &env) {
             // `client` runs `--help` by default: clap reports it as an "error" that is help.
