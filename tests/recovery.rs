@@ -227,21 +227,11 @@ fn lose_a_worker(how: Loss) {
 /// `flowsynth coordinator` at a fixed address (a restart must come back where workers and
 /// clients look for it).
 fn coordinator_at(state: &str, addr: &str) -> Proc {
-    let mut child = Command::new(BIN)
-        .args(["coordinator", "--listen", addr, "--store", state])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "--listen", addr, "--store", state])
         .args(["--heartbeat-timeout", "3"])
-        .env("FLOWSYNTH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
-    Proc(child)
+        .env("FLOWSYNTH_LOG", "warn");
+    spawn_coordinator(cmd).0
 }
 
 #[test]

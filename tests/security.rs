@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -39,29 +39,17 @@ fn tokens_are_required_per_scope_and_never_leak() {
     convert_nsl_subset(root, 800, dataset.to_str().unwrap(), 800, &[]);
 
     let coordinator_log = root.join("coordinator.log");
-    let mut coordinator = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
         .arg(root.join("state"))
         .arg("--token-file")
         .arg(&client_file)
         .arg("--worker-token-file")
         .arg(&worker_file)
         .env("FLOWSYNTH_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&coordinator_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(coordinator.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _coordinator = Proc(coordinator);
-    let url = format!(
-        "http://{}",
-        line.trim().strip_prefix("listening on ").unwrap()
-    );
+        .stderr(std::fs::File::create(&coordinator_log).unwrap());
+    let (_coordinator, addr) = spawn_coordinator(cmd);
+    let url = format!("http://{addr}");
 
     // Clients: no token, a wrong one, the worker's.
     let none = flowsynth(&["status", "--coordinator", &url], None);
@@ -230,29 +218,15 @@ fn tls_serves_only_clients_that_trust_the_coordinator() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let (ca, cert, key) = certificates(root);
-    let mut coordinator = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
         .arg(root.join("state"))
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
-        .env("FLOWSYNTH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(coordinator.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _coordinator = Proc(coordinator);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+        .env("FLOWSYNTH_LOG", "warn");
+    let (_coordinator, addr) = spawn_coordinator(cmd);
     let ca = ca.to_str().unwrap();
 
     // With the CA: served, whether the URL says https:// or http://.

@@ -291,23 +291,29 @@ fn every_manifest_passes_kubernetes_validate_strict() {
     }
 }
 
-/// The variables the binary reads: its flags' `env` names, the log filter, the store's keys,
-/// and NCCL's own (read by libnccl).
-fn read_by_binary(name: &str) -> bool {
-    fn clap_envs(cmd: &clap::Command, out: &mut BTreeSet<String>) {
+/// The `env` names of the binary's flags, collected once from the clap tree.
+static CLAP_ENVS: std::sync::LazyLock<BTreeSet<String>> = std::sync::LazyLock::new(|| {
+    fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
         for a in cmd.get_arguments() {
             if let Some(e) = a.get_env() {
                 out.insert(e.to_string_lossy().into_owned());
             }
         }
         for sub in cmd.get_subcommands() {
-            clap_envs(sub, out);
+            walk(sub, out);
         }
     }
     let mut envs = BTreeSet::new();
-    clap_envs(&Cli::command(), &mut envs);
-    envs.contains(name)
+    walk(&Cli::command(), &mut envs);
+    envs
+});
+
+/// The variables the binary reads: its flags' `env` names, the log filter, the token, the
+/// store's keys, and NCCL's own (read by libnccl).
+fn read_by_binary(name: &str) -> bool {
+    CLAP_ENVS.contains(name)
         || name == crate::LOG_ENV
+        || name == flowsynth_common::auth::TOKEN_ENV
         || StoreOptions::applies(name)
         || name.starts_with("NCCL_")
 }

@@ -103,11 +103,19 @@ impl Drop for Proc {
 /// Starts `flowsynth coordinator` on a free loopback port (with `extra` flags); returns it and
 /// its URL.
 pub fn start_coordinator(state: &str, extra: &[&str], envs: &[(String, String)]) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--store", state])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--store", state])
         .args(extra)
         .envs(envs.iter().map(|(k, v)| (k, v)))
-        .env("FLOWSYNTH_LOG", "warn")
+        .env("FLOWSYNTH_LOG", "warn");
+    let (proc, addr) = spawn_coordinator(cmd);
+    (proc, format!("http://{addr}"))
+}
+
+/// Spawns a `flowsynth coordinator` command (its arguments, environment and stderr set by the
+/// caller) and waits for the `listening on` line; returns it and its bound `host:port`.
+pub fn spawn_coordinator(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .expect("cannot start coordinator");
@@ -119,7 +127,7 @@ pub fn start_coordinator(state: &str, extra: &[&str], envs: &[(String, String)])
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected coordinator output `{line}`"))
         .to_string();
-    (Proc(child), format!("http://{addr}"))
+    (Proc(child), addr)
 }
 
 /// Starts `flowsynth worker` processes connected to `coordinator`.
