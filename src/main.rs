@@ -565,12 +565,13 @@ struct RemoteArgs {
     /// rows per step; sampling: disjoint slices of the rows).
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Training: the fewest workers the job starts, or restarts after losing one, with
-    /// (default: --workers). With fewer, it waits for more to register.
+    /// The fewest workers the job starts, or restarts after losing one, with (default:
+    /// --workers). With fewer, it waits for more to register.
     #[arg(long)]
     min_workers: Option<u32>,
-    /// Training: how often the job may restart from its last committed checkpoint after losing
-    /// a worker (a new generation with the live workers) before it fails.
+    /// How often the job may restart after losing a worker (a new generation with the live
+    /// workers) before it fails: training resumes from its last committed checkpoint, sampling
+    /// re-runs only the chunks no worker finished.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
     /// Collective for multi-worker training: auto (the workers choose: NCCL on CUDA, else TCP),
@@ -852,7 +853,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Submit(SubmitCommand::Sample { job, remote }) => {
             let mut spec = job.spec()?;
             remote.apply(&mut spec)?;
-            spec.max_restarts = 0;
             client::submit(&remote.conn.remote()?, spec, remote.wait).await
         }
         Command::Status(a) => client::status(&a.conn.remote()?, a.job.as_deref(), a.verbose).await,

@@ -396,3 +396,32 @@ fn every_bad_input_is_refused_with_a_message_that_names_it() {
     }
     assert!(cases >= 36, "{cases} cases");
 }
+
+/// Case 46: a store retry setting that is not a number of seconds is refused, naming the
+/// variable, before anything is read or written.
+#[test]
+fn a_bad_store_retry_setting_is_refused_naming_the_variable() {
+    for (var, value) in [
+        ("FLOWSYNTH_STORE_RETRY_TIMEOUT", "soon"),
+        ("FLOWSYNTH_STORE_MAX_RETRIES", "-1"),
+    ] {
+        let o = run_env(
+            &[
+                "convert",
+                "--preset",
+                "nsl-kdd",
+                &corpus("csv_good.csv"),
+                "--out",
+                "s3://bucket/data",
+            ],
+            &[(var.to_string(), value.to_string())],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{var}={value}: succeeded\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains(value),
+            "{var}={value}: {stderr}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ mod common;
 mod moto;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -349,4 +349,166 @@ fn convert_to_a_missing_s3_bucket_fails_naming_the_url() {
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains(url) && err.contains("NoSuchBucket"), "{err}");
+}
+
+/// A TCP forwarder in front of moto that can be shut like a store going away: while closed,
+/// nothing listens on its port (connections are refused) and the connections it carried are
+/// cut; opened again, it listens on the same port.
+struct Gate {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    fn new(target: u16) -> Self {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::sync::{Arc, Mutex};
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (is_open, stopped) = (open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            let mut listener = Some(first);
+            while !stopped.load(Relaxed) {
+                match (&listener, is_open.load(Relaxed)) {
+                    (Some(_), false) => {
+                        listener = None;
+                        for c in conns.lock().unwrap().drain(..) {
+                            let _ = c.shutdown(Shutdown::Both);
+                        }
+                    }
+                    (None, true) => {
+                        listener = TcpListener::bind(("127.0.0.1", port)).ok();
+                    }
+                    _ => {}
+                }
+                let Some(l) = &listener else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                l.set_nonblocking(true).unwrap();
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut held = conns.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, open, stop }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// `env` with the S3 endpoint moved to this gate.
+    fn env(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+        env.iter()
+            .map(|(k, v)| match k.as_str() {
+                "AWS_ENDPOINT_URL" => (k.clone(), format!("http://127.0.0.1:{}", self.port)),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Fault 6: the S3 server goes away for a few seconds in the middle of a training job (its
+/// connections cut, new ones refused). The store client retries with backoff and the job
+/// finishes with sound checkpoints. An outage that outlasts the retries fails the job with the
+/// location in the message.
+#[test]
+fn a_store_outage_mid_job_is_retried_and_a_lasting_one_fails_naming_the_url() {
+    let moto = Moto::with_bucket(BUCKET);
+    let direct = moto.env();
+    let gate = Gate::new(moto.port());
+    let env = gate.env(&direct);
+    let options = StoreOptions::from_iter(direct.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let data_url = format!("s3://{BUCKET}/data/nsl");
+    let ckpt_url = format!("s3://{BUCKET}/ckpt");
+    convert_nsl_subset(tmp.path(), 3000, &data_url, 500, &direct);
+    let config = tmp.path().join("job.toml");
+    std::fs::write(
+        &config,
+        CONFIG.replace("epochs = 1\n", "epochs = 8\n"),
+    )
+    .unwrap();
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_flowsynth"))
+        .args(["train", "--data", &data_url, "--checkpoints", &ckpt_url])
+        .arg("--config")
+        .arg(&config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("FLOWSYNTH_LOG", "warn,object_store=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ckpt = Location::parse_with(&ckpt_url, &options).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while block_on(checkpoint::committed(&ckpt)).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint committed");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gate.set_open(false);
+    std::thread::sleep(Duration::from_secs(4));
+    gate.set_open(true);
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The client said it retried (object_store logs each retry).
+    assert!(stderr.contains("backing off"), "{stderr}");
+    let done = block_on(checkpoint::latest(&ckpt))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a committed checkpoint");
+    assert_eq!(done.manifest.meta.stage, "done");
+    assert!(done.skipped.is_empty(), "{:?}", done.skipped);
+
+    // An outage for good: the retries give up and the job fails naming the location.
+    gate.set_open(false);
+    let mut env = env;
+    env.push(("FLOWSYNTH_STORE_RETRY_TIMEOUT".into(), "2".into()));
+    let started = Instant::now();
+    let res = run_env(
+        &[
+            "sample",
+            "--checkpoint",
+            &ckpt_url,
+            "--classes",
+            "neptune=10",
+            "--out",
+            &format!("s3://{BUCKET}/out"),
+        ],
+        &env,
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(err.contains(&ckpt_url), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{err}");
 }

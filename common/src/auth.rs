@@ -58,13 +58,22 @@ impl Token {
         let Some(presented) = header.strip_prefix(b"Bearer ") else {
             return false;
         };
-        let expected = self.0.as_bytes();
-        let mut diff = presented.len() ^ expected.len();
-        for (i, e) in expected.iter().enumerate() {
-            diff |= usize::from(presented.get(i).copied().unwrap_or(0) ^ e);
-        }
-        diff == 0
+        same_secret(presented, self.0.as_bytes())
     }
+}
+
+/// The gRPC metadata key a worker presents its registration's session secret in: worker calls
+/// name a worker id, and only the process that registered it knows the session.
+pub const WORKER_SESSION: &str = "x-flowsynth-worker-session";
+
+/// Whether `presented` equals `expected`, compared in constant time (the time taken says nothing
+/// about how much of a guess was right).
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    let mut diff = presented.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(presented.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
 }
 
 impl fmt::Debug for Token {

@@ -119,6 +119,10 @@ pub struct CheckpointMeta {
     pub stage: String,
     pub epoch_in_stage: u64,
     pub job_id: String,
+    /// The job's generation that wrote it (a job restarted after losing a worker runs as a
+    /// newer generation); 0 in checkpoints written before generations were recorded.
+    #[serde(default)]
+    pub generation: u32,
     pub dataset_url: String,
     pub dataset_content_hash: String,
 }
@@ -135,8 +139,23 @@ pub async fn commit(
     let dir = root.join(&dir_name(step));
     if dir.exists(CHECKPOINT_MANIFEST).await? {
         // A damaged checkpoint at this step (training resumed from an older one because this
-        // one did not verify) is replaced; a sound one is never overwritten.
+        // one did not verify) is replaced, and so is one an older generation of the same job
+        // wrote (a rank of the world before a restart, which the job has passed by); any other
+        // sound one is never overwritten.
+        let superseded = |old: &CheckpointManifest| {
+            old.meta.job_id == meta.job_id && old.meta.generation < meta.generation
+        };
         match load_dir(&dir).await {
+            Ok(old) if superseded(&old.manifest) => {
+                tracing::warn!(
+                    "replacing checkpoint {} of generation {} with generation {}",
+                    dir.url(),
+                    old.manifest.meta.generation,
+                    meta.generation
+                );
+                dir.delete(CHECKPOINT_MANIFEST).await?;
+                root.delete_all(&dir_name(step)).await?;
+            }
             Ok(_) => {
                 return Err(Error::AlreadyExists {
                     location: dir.display(CHECKPOINT_MANIFEST),
@@ -371,6 +390,7 @@ mod tests {
             stage: "vae".into(),
             epoch_in_stage: 1,
             job_id: "j".into(),
+            generation: 1,
             dataset_url: "d".into(),
             dataset_content_hash: "h".into(),
         }
@@ -415,5 +435,29 @@ mod tests {
         commit(&root, meta(1), vec![], 3).await.unwrap();
         let err = commit(&root, meta(1), vec![], 3).await.unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_newer_generation_replaces_an_older_ones_checkpoint_and_never_the_reverse() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let at = |generation: u32, job: &str| CheckpointMeta {
+            generation,
+            job_id: job.into(),
+            ..meta(7)
+        };
+        let files = |b: u8| vec![("w.bin".to_string(), Bytes::from(vec![b; 4]))];
+        commit(&root, at(1, "j"), files(1), 3).await.unwrap();
+        // The restarted job reaches step 7 again: its checkpoint wins.
+        commit(&root, at(2, "j"), files(2), 3).await.unwrap();
+        let c = resolve(root.url()).await.unwrap();
+        assert_eq!(c.manifest.meta.generation, 2);
+        assert_eq!(c.file("w.bin").unwrap().as_ref(), &[2u8; 4]);
+        // The stale generation (or another job on the same location) cannot take it back.
+        for stale in [at(1, "j"), at(2, "j"), at(3, "other")] {
+            let err = commit(&root, stale, files(9), 3).await.unwrap_err();
+            assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        }
+        assert_eq!(resolve(root.url()).await.unwrap().manifest.meta.generation, 2);
     }
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -34,10 +36,26 @@ const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
 /// Region used for S3 when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is given.
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
 
+/// Seconds a remote store request is retried (with exponential backoff) before its error
+/// stands: an S3 server restarting, a network blip or a throttled bucket do not fail a job.
+/// `FLOWSYNTH_STORE_RETRY_TIMEOUT` sets it.
+pub const DEFAULT_RETRY_TIMEOUT_SECS: f64 = 180.0;
+
+/// Retries of one request at most (`FLOWSYNTH_STORE_MAX_RETRIES`). High enough that the
+/// retry timeout is what ends the retries: object_store's own default (10 retries, from 100 ms
+/// apart) gives up after about 3 s, which a store restarting outlasts (measured in
+/// `tests/s3.rs`).
+pub const DEFAULT_MAX_RETRIES: usize = 100;
+
+/// The retry settings flowsynth adds to object_store's (`NAME = value`, as the others).
+const RETRY_TIMEOUT_VAR: &str = "FLOWSYNTH_STORE_RETRY_TIMEOUT";
+const MAX_RETRIES_VAR: &str = "FLOWSYNTH_STORE_MAX_RETRIES";
+
 /// Settings for opening remote locations, as `NAME = value` pairs named like the environment
 /// variables they stand for: `AWS_*` for S3 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...), `GOOGLE_*` for GCS, `AZURE_*`
-/// for Azure. Names object_store does not know are ignored.
+/// for Azure; `FLOWSYNTH_STORE_RETRY_TIMEOUT` (seconds) and `FLOWSYNTH_STORE_MAX_RETRIES` bound
+/// the retries of every remote request. Names object_store does not know are ignored.
 ///
 /// [`Location::parse`] reads them from the process environment ([`StoreOptions::from_env`]); a
 /// program that talks to several stores, or a test that must not change its process's
@@ -73,7 +91,9 @@ impl StoreOptions {
     /// variables it sets with this (a misspelt key would be ignored without a word).
     pub fn applies(name: &str) -> bool {
         let key = name.to_ascii_lowercase();
-        if name.starts_with("AWS_") {
+        if name == RETRY_TIMEOUT_VAR || name == MAX_RETRIES_VAR {
+            true
+        } else if name.starts_with("AWS_") {
             key.parse::<AmazonS3ConfigKey>().is_ok()
         } else if name.starts_with("GOOGLE_") {
             key.parse::<object_store::gcp::GoogleConfigKey>().is_ok()
@@ -85,9 +105,43 @@ impl StoreOptions {
     }
 
     fn is_store_var(name: &str) -> bool {
-        ["AWS_", "GOOGLE_", "AZURE_"]
+        ["AWS_", "GOOGLE_", "AZURE_", "FLOWSYNTH_STORE_"]
             .iter()
             .any(|p| name.starts_with(p))
+    }
+
+    /// How remote requests are retried: exponential backoff from 100 ms (doubling, at most 15 s
+    /// apart, with jitter) until [`DEFAULT_MAX_RETRIES`] retries or
+    /// [`DEFAULT_RETRY_TIMEOUT_SECS`], unless set. Requests that did not reach the server
+    /// (refused or reset connections) and server errors (5xx) are retried; others are not.
+    pub fn retry(&self) -> Result<object_store::RetryConfig> {
+        let bad = |name: &str, value: &str, what: &str| Error::Config {
+            location: name.to_string(),
+            message: format!("`{value}`: {what}"),
+        };
+        let mut retry = object_store::RetryConfig {
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_timeout: std::time::Duration::from_secs_f64(DEFAULT_RETRY_TIMEOUT_SECS),
+            ..Default::default()
+        };
+        if let Some(v) = self.get(RETRY_TIMEOUT_VAR) {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+                .ok_or_else(|| bad(RETRY_TIMEOUT_VAR, v, "give seconds from 0 to 3600"))?;
+            retry.retry_timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = self.get(MAX_RETRIES_VAR) {
+            retry.max_retries = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n <= 1000)
+                .ok_or_else(|| bad(MAX_RETRIES_VAR, v, "give a count from 0 to 1000"))?;
+        }
+        Ok(retry)
     }
 
     fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
@@ -173,6 +227,14 @@ impl fmt::Display for Location {
     }
 }
 
+/// The path inside the store that a URL names (its bucket or container taken off as
+/// object_store does).
+fn url_prefix(url: &Url) -> std::result::Result<Path, String> {
+    object_store::ObjectStoreScheme::parse(url)
+        .map(|(_, path)| path)
+        .map_err(|e| e.to_string())
+}
+
 fn has_scheme(s: &str) -> bool {
     match s.find("://") {
         Some(i) => s[..i]
@@ -220,11 +282,36 @@ impl Location {
                     .ok_or_else(|| invalid("missing bucket name".into()))?;
                 let store = options
                     .s3_builder(bucket)
+                    .with_retry(options.retry()?)
                     .build()
                     .map_err(|e| invalid(e.to_string()))?;
                 let prefix = Path::from_url_path(url.path().trim_matches('/'))
                     .map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(store), prefix)
+            }
+            "gs" => {
+                let mut builder = GoogleCloudStorageBuilder::new()
+                    .with_url(spec)
+                    .with_retry(options.retry()?);
+                for (name, value) in options.with_prefix("GOOGLE_") {
+                    if let Ok(key) = name.to_ascii_lowercase().parse::<GoogleConfigKey>() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                let store = builder.build().map_err(|e| invalid(e.to_string()))?;
+                (Arc::new(store), url_prefix(&url).map_err(invalid)?)
+            }
+            "az" | "adl" | "azure" | "abfs" | "abfss" => {
+                let mut builder = MicrosoftAzureBuilder::new()
+                    .with_url(spec)
+                    .with_retry(options.retry()?);
+                for (name, value) in options.with_prefix("AZURE_") {
+                    if let Ok(key) = name.to_ascii_lowercase().parse::<AzureConfigKey>() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                let store = builder.build().map_err(|e| invalid(e.to_string()))?;
+                (Arc::new(store), url_prefix(&url).map_err(invalid)?)
             }
             _ => {
                 let opts = options

@@ -251,6 +251,7 @@ fn meta(step: u64) -> CheckpointMeta {
         stage: "vae".into(),
         epoch_in_stage: step / 10,
         job_id: "job-1".into(),
+        generation: 1,
         dataset_url: "s3://data/nsl".into(),
         dataset_content_hash: "abc".into(),
     }

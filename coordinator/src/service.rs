@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::plan;
-use flowsynth_common::auth::Token;
+use flowsynth_common::auth::{Token, WORKER_SESSION, same_secret};
 
 /// Tunables of the coordinator.
 #[derive(Debug, Clone)]
@@ -87,11 +87,34 @@ struct JobEntry {
     nccl_id: Vec<u8>,
     /// Ranks that reported success, with what they wrote.
     done: BTreeMap<u32, DoneReport>,
+    /// Sampling: chunks finished in earlier generations (by index), which a restart does not
+    /// give out again, and those the current generation reported so far.
+    chunks_carried: BTreeMap<u32, ChunkDone>,
+    chunks_now: BTreeMap<u32, ChunkDone>,
     tx: watch::Sender<Job>,
+}
+
+impl JobEntry {
+    fn new(job: Job, plan: Option<WorkPlan>) -> Self {
+        let (tx, _) = watch::channel(job.clone());
+        Self {
+            job,
+            plan,
+            assignments: BTreeMap::new(),
+            arrived: BTreeMap::new(),
+            nccl_id: Vec::new(),
+            done: BTreeMap::new(),
+            chunks_carried: BTreeMap::new(),
+            chunks_now: BTreeMap::new(),
+            tx,
+        }
+    }
 }
 
 struct WorkerEntry {
     hostname: String,
+    /// The registration's secret ([`WORKER_SESSION`]): calls naming this worker must present it.
+    session: String,
     last_seen: Instant,
     job: Option<String>,
     /// Whether the worker has asked for work since its last job. A worker that died during a
@@ -148,6 +171,30 @@ fn is_terminal(state: i32) -> bool {
         JobState::try_from(state),
         Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     )
+}
+
+/// The worker session a call presents (empty when none).
+fn session_of<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get(WORKER_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Refuses a call that names a registered worker without presenting that registration's
+/// session: only the process that registered a worker acts for it. An unknown worker passes
+/// (each call has its own answer for those: register again, or a stale report ignored).
+fn check_session(inner: &Inner, worker_id: &str, session: &str) -> Result<(), Status> {
+    match inner.workers.get(worker_id) {
+        Some(w) if !same_secret(session.as_bytes(), w.session.as_bytes()) => {
+            Err(Status::permission_denied(format!(
+                "worker `{worker_id}` was registered by another process: a worker acts only for \
+                 itself (present the session its registration returned in `{WORKER_SESSION}`)"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn job_path(id: &str) -> String {
@@ -233,19 +280,7 @@ impl Coordinator {
             );
             let mut inner = self.lock();
             inner.order.push(job.id.clone());
-            let (tx, _) = watch::channel(job.clone());
-            inner.jobs.insert(
-                job.id.clone(),
-                JobEntry {
-                    job,
-                    plan,
-                    assignments: BTreeMap::new(),
-                    arrived: BTreeMap::new(),
-                    nccl_id: Vec::new(),
-                    done: BTreeMap::new(),
-                    tx,
-                },
-            );
+            inner.jobs.insert(job.id.clone(), JobEntry::new(job, plan));
         }
         Ok(())
     }
@@ -290,17 +325,7 @@ impl Coordinator {
         if is_terminal(entry.job.state) {
             return;
         }
-        // Training resumes from its checkpoints; a sampling job's ranks write parts named by
-        // rank, which a new world would not overwrite, so it fails instead.
-        let training = matches!(
-            entry.job.spec.as_ref().and_then(|s| s.kind.as_ref()),
-            Some(flowsynth_proto::job_spec::Kind::Train(_))
-        );
-        let max = if training {
-            entry.job.spec.as_ref().map_or(0, |s| s.max_restarts)
-        } else {
-            0
-        };
+        let max = entry.job.spec.as_ref().map_or(0, |s| s.max_restarts);
         if !retryable || entry.job.restarts >= max {
             let message = if retryable && max > 0 {
                 format!("{reason} (after {max} restart(s), the most the job allows)")
@@ -312,15 +337,30 @@ impl Coordinator {
         }
         entry.job.restarts += 1;
         entry.job.generation += 1;
+        // Sampling parts are named by chunk and a chunk's rows depend only on its seed: what
+        // the old world finished is kept, the rest is given to the new one.
+        let finished = std::mem::take(&mut entry.chunks_now);
+        entry.chunks_carried.extend(finished);
+        let kept = match &entry.plan {
+            Some(WorkPlan::Sample { chunks, .. }) => format!(
+                "; {} of {} chunks finished are kept",
+                entry.chunks_carried.len(),
+                chunks.len()
+            ),
+            _ => String::new(),
+        };
         let event = format!(
-            "restart {}/{max} (generation {}): {reason}",
+            "restart {}/{max} (generation {}): {reason}{kept}",
             entry.job.restarts, entry.job.generation
         );
         tracing::warn!("job {job_id}: {event}");
         entry.job.events.push(event);
         entry.job.state = JobState::Pending as i32;
-        entry.job.message =
-            format!("restarting from the last checkpoint after: {reason}; waiting for workers");
+        entry.job.message = if kept.is_empty() {
+            format!("restarting from the last checkpoint after: {reason}; waiting for workers")
+        } else {
+            format!("re-running the unfinished chunks after: {reason}; waiting for workers")
+        };
         entry.job.workers.clear();
         let members: Vec<String> = std::mem::take(&mut entry.assignments).into_keys().collect();
         entry.arrived.clear();
@@ -403,9 +443,16 @@ impl Coordinator {
                         .map(|(s, _)| (s, steps, vec![]))
                         .collect()
                 }
-                WorkPlan::Sample { chunks, .. } => (0..world)
-                    .map(|rank| (vec![], 0, plan::chunks_for_rank(chunks, rank, world)))
-                    .collect(),
+                WorkPlan::Sample { chunks, .. } => {
+                    let left: Vec<SampleChunk> = chunks
+                        .iter()
+                        .filter(|c| !entry.chunks_carried.contains_key(&c.index))
+                        .cloned()
+                        .collect();
+                    (0..world)
+                        .map(|rank| (vec![], 0, plan::chunks_for_rank(&left, rank, world)))
+                        .collect()
+                }
             };
             let mut assignments = BTreeMap::new();
             for (rank, ((shards, steps_per_epoch, chunks), (_, worker))) in
@@ -432,6 +479,7 @@ impl Coordinator {
             entry.assignments = assignments;
             entry.arrived.clear();
             entry.done.clear();
+            entry.chunks_now.clear();
             self.publish(entry);
             for (_, w) in &idle {
                 if let Some(worker) = inner.workers.get_mut(w) {
@@ -474,38 +522,48 @@ impl Coordinator {
             .ok_or_else(|| Status::not_found(format!("no job `{id}`")))
     }
 
-    /// Writes the sample manifest and success marker once every rank is done.
-    async fn finish_sampling(
-        &self,
-        job_id: String,
-        out_url: String,
-        mut manifest: SampleManifest,
-        reports: Vec<DoneReport>,
-    ) {
+    /// Writes the sample manifest and success marker once every rank of the last generation is
+    /// done: its parts are those of the last generation's ranks and the chunks `carried` from
+    /// earlier generations (a restart re-runs only unfinished chunks).
+    async fn finish_sampling(&self, job_id: String, finish: SampleFinish) {
+        let SampleFinish {
+            out_url,
+            mut manifest,
+            reports,
+            carried,
+        } = finish;
         let result = async {
             let out = Location::parse(&out_url)?;
-            let mut parts: Vec<SamplePart> = Vec::new();
-            for r in &reports {
-                for o in &r.outputs {
-                    // outputs are "path:rows:synthetic"
-                    let mut it = o.rsplitn(3, ':');
-                    let synthetic = it.next() == Some("true");
-                    let rows = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let path = it.next().unwrap_or_default().to_string();
-                    parts.push(SamplePart {
+            // outputs are "path:rows:synthetic"; a path reported twice (a chunk finished by a
+            // stale rank and again) is one part.
+            let mut parts: BTreeMap<String, SamplePart> = BTreeMap::new();
+            let outputs = reports
+                .iter()
+                .flat_map(|r| r.outputs.iter())
+                .chain(carried.iter().map(|c| &c.output));
+            for o in outputs {
+                let mut it = o.rsplitn(3, ':');
+                let synthetic = it.next() == Some("true");
+                let rows = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let path = it.next().unwrap_or_default().to_string();
+                parts.insert(
+                    path.clone(),
+                    SamplePart {
                         path,
                         rows,
                         synthetic,
-                    });
-                }
+                    },
+                );
             }
-            parts.sort_by(|a, b| a.path.cmp(&b.path));
+            let parts: Vec<SamplePart> = parts.into_values().collect();
             manifest.synthetic_rows = parts.iter().filter(|p| p.synthetic).map(|p| p.rows).sum();
             manifest.real_rows = parts.iter().filter(|p| !p.synthetic).map(|p| p.rows).sum();
             manifest.parts = parts;
-            let (sum, rows) = reports.iter().fold((0.0, 0u64), |(s, n), r| {
-                (s + r.coherence_sum, n + r.coherence_rows)
-            });
+            let (sum, rows) = reports
+                .iter()
+                .map(|r| (r.coherence_sum, r.coherence_rows))
+                .chain(carried.iter().map(|c| (c.coherence_sum, c.coherence_rows)))
+                .fold((0.0, 0u64), |(s, n), (cs, cn)| (s + cs, n + cn));
             manifest.cross_modal_coherence = (rows > 0).then(|| sum / rows as f64);
             manifest.image_view = reports
                 .iter()
@@ -544,7 +602,14 @@ impl Coordinator {
     }
 }
 
-/// Validates a spec and prepares its work plan (reads the dataset or checkpoint).
+/// What publishing a finished sampling job needs, taken from its entry under the lock.
+struct SampleFinish {
+    out_url: String,
+    manifest: SampleManifest,
+    reports: Vec<DoneReport>,
+    carried: Vec<ChunkDone>,
+}
+
 /// The most rows one sampling job may generate: far beyond any augmentation (a billion rows of
 /// flows are hundreds of GB of Parquet), and far below what would overflow the plan.
 pub const MAX_SAMPLE_ROWS: u64 = 1_000_000_000;
@@ -583,6 +648,7 @@ fn check_sample_spec(s: &SampleSpec) -> Result<(), Status> {
     Ok(())
 }
 
+/// Validates a spec and prepares its work plan (reads the dataset or checkpoint).
 async fn prepare(job: &Job) -> Result<WorkPlan, Status> {
     let spec = job
         .spec
@@ -715,16 +781,7 @@ impl JobService for Coordinator {
         let plan = prepare(&job).await?;
         job.updated_unix_ms = now_ms();
         let mut inner = self.lock();
-        let (tx, _) = watch::channel(job.clone());
-        let mut entry = JobEntry {
-            job: job.clone(),
-            plan: Some(plan),
-            assignments: BTreeMap::new(),
-            arrived: BTreeMap::new(),
-            nccl_id: Vec::new(),
-            done: BTreeMap::new(),
-            tx,
-        };
+        let mut entry = JobEntry::new(job.clone(), Some(plan));
         self.publish(&mut entry);
         inner.order.push(job.id.clone());
         inner.jobs.insert(job.id.clone(), entry);
@@ -830,6 +887,7 @@ impl WorkerService for Coordinator {
     ) -> Result<Response<RegisterResponse>, Status> {
         let r = req.into_inner();
         let id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let session = uuid::Uuid::new_v4().simple().to_string();
         let mut inner = self.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -837,6 +895,7 @@ impl WorkerService for Coordinator {
             id.clone(),
             WorkerEntry {
                 hostname: r.hostname.clone(),
+                session: session.clone(),
                 last_seen: Instant::now(),
                 job: None,
                 ready: false,
@@ -846,9 +905,17 @@ impl WorkerService for Coordinator {
         tracing::info!("worker {id} registered from {} ({})", r.hostname, r.device);
         self.schedule(&mut inner);
         self.changed.notify_waiters();
+        // At least four heartbeats per timeout: a worker's lease (half the timeout) is renewed
+        // about twice before it lapses.
+        let interval = self
+            .config
+            .heartbeat_interval
+            .min(self.config.heartbeat_timeout / 4);
         Ok(Response::new(RegisterResponse {
             worker_id: id,
-            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            heartbeat_interval_ms: interval.as_millis() as u32,
+            heartbeat_timeout_ms: self.config.heartbeat_timeout.as_millis() as u32,
+            session,
         }))
     }
 
@@ -856,9 +923,11 @@ impl WorkerService for Coordinator {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let session = session_of(&req);
         let r = req.into_inner();
         let id = r.worker_id;
         let mut inner = self.lock();
+        check_session(&inner, &id, &session)?;
         let Some(w) = inner.workers.get_mut(&id) else {
             return Ok(Response::new(HeartbeatResponse {
                 known: false,
@@ -894,7 +963,9 @@ impl WorkerService for Coordinator {
         &self,
         req: Request<GetAssignmentRequest>,
     ) -> Result<Response<GetAssignmentResponse>, Status> {
+        let session = session_of(&req);
         let r = req.into_inner();
+        check_session(&self.lock(), &r.worker_id, &session)?;
         let left_job_state = if r.left_job_id.is_empty() {
             JobState::Unspecified
         } else {
@@ -931,7 +1002,9 @@ impl WorkerService for Coordinator {
         &self,
         req: Request<RendezvousRequest>,
     ) -> Result<Response<RendezvousResponse>, Status> {
+        let session = session_of(&req);
         let r = req.into_inner();
+        check_session(&self.lock(), &r.worker_id, &session)?;
         let outcome = self
             .long_poll(r.wait_ms, |inner| {
                 let entry = match inner.jobs.get_mut(&r.job_id) {
@@ -1013,8 +1086,10 @@ impl WorkerService for Coordinator {
         &self,
         req: Request<ProgressReport>,
     ) -> Result<Response<ProgressAck>, Status> {
+        let session = session_of(&req);
         let r = req.into_inner();
         let mut inner = self.lock();
+        check_session(&inner, &r.worker_id, &session)?;
         if let Some(w) = inner.workers.get_mut(&r.worker_id) {
             w.last_seen = Instant::now();
         }
@@ -1022,12 +1097,28 @@ impl WorkerService for Coordinator {
             .jobs
             .get_mut(&r.job_id)
             .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
-        if is_terminal(entry.job.state)
-            || !entry.assignments.contains_key(&r.worker_id)
-            || entry.job.generation != r.generation
-        {
+        let Some(assigned) = entry
+            .assignments
+            .get(&r.worker_id)
+            .filter(|_| !is_terminal(entry.job.state) && entry.job.generation == r.generation)
+        else {
             return Ok(Response::new(ProgressAck { stop: true }));
+        };
+        // Only chunks given to this rank count (a confused or hostile worker cannot mark
+        // another rank's chunks finished).
+        if let Some(c) = r
+            .chunks_done
+            .iter()
+            .find(|c| !assigned.chunks.iter().any(|a| a.index == c.index))
+        {
+            return Err(Status::permission_denied(format!(
+                "chunk {} of job `{}` is not assigned to worker `{}`",
+                c.index, r.job_id, r.worker_id
+            )));
         }
+        entry
+            .chunks_now
+            .extend(r.chunks_done.into_iter().map(|c| (c.index, c)));
         // Rank 0 speaks for the job's progress; any rank may add events.
         let events = !r.events.is_empty();
         entry.job.events.extend(
@@ -1045,10 +1136,12 @@ impl WorkerService for Coordinator {
     }
 
     async fn report_done(&self, req: Request<DoneReport>) -> Result<Response<DoneAck>, Status> {
+        let session = session_of(&req);
         let r = req.into_inner();
-        let mut finish: Option<(String, String, SampleManifest, Vec<DoneReport>)> = None;
+        let mut finish: Option<(String, SampleFinish)> = None;
         {
             let mut inner = self.lock();
+            check_session(&inner, &r.worker_id, &session)?;
             let current = inner
                 .jobs
                 .get(&r.job_id)
@@ -1087,9 +1180,12 @@ impl WorkerService for Coordinator {
                         entry.job.message = "publishing the sample manifest".into();
                         finish = Some((
                             entry.job.id.clone(),
-                            out_url.clone(),
-                            (**manifest).clone(),
-                            entry.done.values().cloned().collect(),
+                            SampleFinish {
+                                out_url: out_url.clone(),
+                                manifest: (**manifest).clone(),
+                                reports: entry.done.values().cloned().collect(),
+                                carried: entry.chunks_carried.values().cloned().collect(),
+                            },
                         ));
                     }
                     _ => {
@@ -1109,8 +1205,8 @@ impl WorkerService for Coordinator {
             }
             self.schedule(&mut inner);
         }
-        if let Some((id, out_url, manifest, reports)) = finish {
-            self.finish_sampling(id, out_url, manifest, reports).await;
+        if let Some((id, finish)) = finish {
+            self.finish_sampling(id, finish).await;
         }
         Ok(Response::new(DoneAck {}))
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flowsynth_common::auth::WORKER_SESSION;
 use flowsynth_common::manifest::*;
 use flowsynth_common::store::Location;
 use flowsynth_coordinator::{Coordinator, CoordinatorConfig};
@@ -113,10 +114,50 @@ fn train_spec(data: &str, workers: u32) -> JobSpec {
     }
 }
 
+/// The session each registered worker's calls present, by worker id.
+static SESSIONS: std::sync::Mutex<BTreeMap<String, String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// A worker call, presenting the session of the worker it names (as the worker's connection
+/// does).
+trait WorkerCall {
+    fn worker(&self) -> &str;
+}
+
+macro_rules! worker_call {
+    ($($t:ty),*) => {$(
+        impl WorkerCall for $t {
+            fn worker(&self) -> &str {
+                &self.worker_id
+            }
+        }
+    )*};
+}
+worker_call!(
+    HeartbeatRequest,
+    GetAssignmentRequest,
+    RendezvousRequest,
+    ProgressReport,
+    DoneReport
+);
+
+fn signed<T: WorkerCall>(call: T) -> Request<T> {
+    let session = SESSIONS
+        .lock()
+        .unwrap()
+        .get(call.worker())
+        .cloned()
+        .unwrap_or_default();
+    let mut req = Request::new(call);
+    req.metadata_mut()
+        .insert(WORKER_SESSION, session.parse().unwrap());
+    req
+}
+
 /// Registers a worker and, as a real worker does right away, asks for work once (only a worker
 /// that has asked is given a job).
 async fn register(c: &Coordinator) -> String {
-    let id = c
+    let r = c
         .register(Request::new(RegisterRequest {
             hostname: "test".into(),
             device: "cpu".into(),
@@ -124,14 +165,17 @@ async fn register(c: &Coordinator) -> String {
         }))
         .await
         .unwrap()
-        .into_inner()
-        .worker_id;
-    let _ = assignment(c, &id).await;
-    id
+        .into_inner();
+    SESSIONS
+        .lock()
+        .unwrap()
+        .insert(r.worker_id.clone(), r.session);
+    let _ = assignment(c, &r.worker_id).await;
+    r.worker_id
 }
 
 async fn assignment(c: &Coordinator, worker: &str) -> Option<Assignment> {
-    c.get_assignment(Request::new(GetAssignmentRequest {
+    c.get_assignment(signed(GetAssignmentRequest {
         worker_id: worker.into(),
         wait_ms: 50,
         ..Default::default()
@@ -222,13 +266,13 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
         wait_ms: 50,
     };
     let first = c
-        .rendezvous(Request::new(rv(&w0, &a0)))
+        .rendezvous(signed(rv(&w0, &a0)))
         .await
         .unwrap()
         .into_inner();
     assert!(!first.complete && !first.abort);
     let second = c
-        .rendezvous(Request::new(rv(&w1, &a1)))
+        .rendezvous(signed(rv(&w1, &a1)))
         .await
         .unwrap()
         .into_inner();
@@ -239,7 +283,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     let mut stale = rv(&w0, &a0);
     stale.generation += 7;
     assert!(
-        c.rendezvous(Request::new(stale))
+        c.rendezvous(signed(stale))
             .await
             .unwrap()
             .into_inner()
@@ -248,7 +292,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
 
     // Progress from rank 0 shows on the job.
     let ack = c
-        .report_progress(Request::new(ProgressReport {
+        .report_progress(signed(ProgressReport {
             worker_id: w0.clone(),
             job_id: j.id.clone(),
             rank: 0,
@@ -259,6 +303,7 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
             }),
             generation: a0.generation,
             events: vec![],
+            chunks_done: vec![],
         }))
         .await
         .unwrap()
@@ -266,11 +311,41 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     assert!(!ack.stop);
     assert_eq!(job(c, &j.id).await.progress.unwrap().epoch, 2);
 
-    c.report_done(Request::new(done(&w1, &a1, true)))
+    // Only the process that registered a worker speaks for it: w1's session (or none) naming
+    // w0 is refused, and changes nothing.
+    let mut forged = Request::new(ProgressReport {
+        worker_id: w0.clone(),
+        job_id: j.id.clone(),
+        rank: 0,
+        progress: Some(Progress {
+            stage: "vae".into(),
+            epoch: 9,
+            ..Default::default()
+        }),
+        generation: a0.generation,
+        ..Default::default()
+    });
+    let w1_session = SESSIONS.lock().unwrap()[&w1].clone();
+    forged
+        .metadata_mut()
+        .insert(WORKER_SESSION, w1_session.parse().unwrap());
+    let err = c.report_progress(forged).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains(&w0), "{err}");
+    let err = c
+        .report_done(Request::new(done(&w0, &a0, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let now = job(c, &j.id).await;
+    assert_eq!(now.state(), JobState::Running);
+    assert_eq!(now.progress.unwrap().epoch, 2);
+
+    c.report_done(signed(done(&w1, &a1, true)))
         .await
         .unwrap();
     assert_eq!(job(c, &j.id).await.state(), JobState::Running);
-    c.report_done(Request::new(done(&w0, &a0, true)))
+    c.report_done(signed(done(&w0, &a0, true)))
         .await
         .unwrap();
     let end = job(c, &j.id).await;
@@ -288,14 +363,14 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
         assignment(c, &w0).await.unwrap(),
         assignment(c, &w1).await.unwrap(),
     );
-    c.report_done(Request::new(done(&w1, &a1, false)))
+    c.report_done(signed(done(&w1, &a1, false)))
         .await
         .unwrap();
     let failed = job(c, &j.id).await;
     assert_eq!(failed.state(), JobState::Failed);
     assert!(failed.message.contains("boom"), "{}", failed.message);
     let hb = c
-        .heartbeat(Request::new(HeartbeatRequest {
+        .heartbeat(signed(HeartbeatRequest {
             worker_id: w0.clone(),
             ..Default::default()
         }))
@@ -304,13 +379,14 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
         .into_inner();
     assert_eq!(hb.stop_job_ids, vec![j.id.clone()]);
     let ack = c
-        .report_progress(Request::new(ProgressReport {
+        .report_progress(signed(ProgressReport {
             worker_id: w0.clone(),
             job_id: j.id.clone(),
             rank: a0.rank,
             progress: Some(Progress::default()),
             generation: a0.generation,
             events: vec![],
+            chunks_done: vec![],
         }))
         .await
         .unwrap()
@@ -348,7 +424,7 @@ async fn a_silent_worker_is_reaped_and_its_job_fails() {
         failed.message
     );
     let hb = c
-        .heartbeat(Request::new(HeartbeatRequest {
+        .heartbeat(signed(HeartbeatRequest {
             worker_id: w,
             ..Default::default()
         }))
@@ -440,7 +516,7 @@ async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_sp
     );
     assert_eq!((a0.generation, a1.generation), (1, 1));
     // Rank 1 loses its peer: a retryable failure restarts the job as generation 2.
-    c.report_done(Request::new(DoneReport {
+    c.report_done(signed(DoneReport {
         retryable: true,
         ..done(&w1, &a1, false)
     }))
@@ -454,7 +530,7 @@ async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_sp
     // Rank 0 still runs generation 1: its heartbeat and progress are told to stop, its late
     // report changes nothing.
     let hb = c
-        .heartbeat(Request::new(HeartbeatRequest {
+        .heartbeat(signed(HeartbeatRequest {
             worker_id: w0.clone(),
             job_id: j.id.clone(),
             generation: 1,
@@ -463,7 +539,7 @@ async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_sp
         .unwrap()
         .into_inner();
     assert_eq!(hb.stop_job_ids, vec![j.id.clone()]);
-    c.report_done(Request::new(done(&w0, &a0, true)))
+    c.report_done(signed(done(&w0, &a0, true)))
         .await
         .unwrap();
     assert_eq!(job(c, &j.id).await.state(), JobState::Pending);
@@ -478,7 +554,7 @@ async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_sp
     assert_eq!((b0.generation, b2.generation), (2, 2));
     assert_eq!(job(c, &j.id).await.state(), JobState::Running);
     // A second loss spends the budget: the job fails and says why.
-    c.report_done(Request::new(DoneReport {
+    c.report_done(signed(DoneReport {
         retryable: true,
         ..done(&w2, &b2, false)
     }))
@@ -504,7 +580,7 @@ async fn a_failure_of_the_job_itself_is_not_retried() {
     let j = submit(c, spec).await;
     let w = register(c).await;
     let a = assignment(c, &w).await.unwrap();
-    c.report_done(Request::new(done(&w, &a, false)))
+    c.report_done(signed(done(&w, &a, false)))
         .await
         .unwrap();
     let failed = job(c, &j.id).await;
@@ -588,7 +664,7 @@ async fn malformed_requests_get_a_clean_error_naming_the_field() {
     }
     // A worker id nobody registered is told to register, not served.
     let err = c
-        .get_assignment(Request::new(GetAssignmentRequest {
+        .get_assignment(signed(GetAssignmentRequest {
             worker_id: String::new(),
             wait_ms: 10,
             ..Default::default()

@@ -56,23 +56,29 @@ pub fn training_data(
 }
 
 /// A seeded reservoir sample (Algorithm R) of each class's rows while the data streams by.
+/// Each class draws from its own stream, so a class's anchors do not depend on which other
+/// classes the worker prepares: a chunk re-run by another worker (a restarted sampling job, a
+/// different world size) writes the same rows.
 struct Reservoirs {
-    tables: HashMap<u32, Table>,
-    seen: HashMap<u32, u64>,
-    stream: Stream,
+    /// Per class: its rows kept, the rows seen, its stream.
+    classes: HashMap<u32, (Table, u64, Stream)>,
+    seed: u64,
 }
 
 impl Reservoirs {
     fn offer(&mut self, t: &Table, i: usize, layout: &Layout) {
         let c = t.labels[i];
-        let seen = self.seen.entry(c).or_default();
+        let seed = self.seed;
+        let (table, seen, stream) = self.classes.entry(c).or_insert_with(|| {
+            let stream = Stream::new(derive(seed, &[tag::ANCHORS, u64::from(c)]));
+            (Table::empty(layout), 0, stream)
+        });
         *seen += 1;
-        let table = self.tables.entry(c).or_insert_with(|| Table::empty(layout));
         if table.rows() < ROWS_PER_CLASS {
             table.append(&t.select(&[i]));
             return;
         }
-        let j = self.stream.below(*seen) as usize;
+        let j = stream.below(*seen) as usize;
         if j < ROWS_PER_CLASS {
             table.replace_row(j, t, i);
         }
@@ -94,9 +100,8 @@ pub fn real_rows(
     let layout = Layout::new(ds)?;
     let mut fingerprints = HashSet::new();
     let mut kept = Reservoirs {
-        tables: HashMap::new(),
-        seen: HashMap::new(),
-        stream: Stream::new(derive(seed, &[tag::ANCHORS])),
+        classes: HashMap::new(),
+        seed,
     };
     for part in &ds.parts {
         let bytes = block_on(data.get(&part.path))?;
@@ -110,7 +115,7 @@ pub fn real_rows(
     }
     let mut out = HashMap::new();
     for &c in classes {
-        let Some(rows) = kept.tables.get(&c) else {
+        let Some((rows, _, _)) = kept.classes.get(&c) else {
             let name = class_names.get(c as usize).map_or("?", String::as_str);
             return Err(Error::Assignment {
                 reason: format!("class `{name}` has no rows in the training data"),

@@ -22,6 +22,16 @@ pub enum Error {
     },
     #[error("the job was stopped (cancelled or failed elsewhere)")]
     Stopped,
+    #[error(
+        "not writing {what}: the coordinator has not confirmed this rank's generation for \
+         {silent_ms} ms (its lease is {lease_ms} ms; cut off from the coordinator, the job may \
+         already run as a newer generation elsewhere)"
+    )]
+    Fenced {
+        what: String,
+        silent_ms: u64,
+        lease_ms: u64,
+    },
     #[error("invalid assignment: {reason}")]
     Assignment { reason: String },
     #[error("device `{device}` is not usable: {reason}")]
@@ -51,6 +61,7 @@ impl Error {
         matches!(
             self,
             Error::Stopped
+                | Error::Fenced { .. }
                 | Error::Collective(_)
                 | Error::Model(flowsynth_model::ModelError::Replicas { .. })
         )

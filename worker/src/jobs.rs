@@ -15,7 +15,7 @@ use flowsynth_common::dataset;
 use flowsynth_common::manifest::{DatasetManifest, ImageView};
 use flowsynth_common::store::{Location, block_on};
 use flowsynth_common::table::{self, Layout};
-use flowsynth_proto::{Assignment, Progress, SampleSpec, TrainSpec};
+use flowsynth_proto::{Assignment, ChunkDone, Progress, SampleSpec, TrainSpec};
 use tch::{Device, Tensor};
 use tokio::sync::watch;
 
@@ -57,26 +57,133 @@ pub struct JobContext {
     pub device: String,
     /// Training: how to reach the other ranks.
     pub peers: Peers,
-    /// Events for the job's record (sent with the next progress report).
-    pub events: Arc<Mutex<Vec<String>>>,
+    /// What goes with the next progress report.
+    pub pending: Arc<Mutex<Pending>>,
+    /// This rank's lease on its generation: checked before every write to storage.
+    pub lease: Lease,
+}
+
+/// Things a running job tells the coordinator with its next progress report.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Events for the job's record (shown by `flowsynth status`).
+    pub events: Vec<String>,
+    /// Sampling: chunks finished (their parts written).
+    pub chunks: Vec<ChunkDone>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.chunks.is_empty()
+    }
 }
 
 impl JobContext {
     /// Records an event on the job (shown by `flowsynth status`).
     fn event(&self, text: String) {
-        if let Ok(mut e) = self.events.lock() {
-            e.push(text);
+        if let Ok(mut p) = self.pending.lock() {
+            p.events.push(text);
         }
     }
-}
 
-impl JobContext {
+    fn chunk_done(&self, chunk: ChunkDone) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.chunks.push(chunk);
+        }
+    }
+
     fn check_stop(&self) -> Result<()> {
         if self.stop.load(Ordering::Relaxed) {
             Err(Error::Stopped)
         } else {
             Ok(())
         }
+    }
+
+    /// Returns once this rank may write `what` to storage: its generation was confirmed by the
+    /// coordinator (a heartbeat or progress answer) within the lease. Waits up to one lease for
+    /// a confirmation, then refuses with [`Error::Fenced`] (retryable).
+    fn hold_lease(&self, what: &str) -> Result<()> {
+        let deadline = Instant::now() + self.lease.length();
+        loop {
+            self.check_stop()?;
+            let silent = self.lease.silent();
+            if silent.is_some_and(|s| s < self.lease.length()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let e = Error::Fenced {
+                    what: what.to_string(),
+                    silent_ms: silent.map_or(u64::MAX, |s| s.as_millis() as u64),
+                    lease_ms: self.lease.length().as_millis() as u64,
+                };
+                // Said here: reporting it may wait for the network that cut this rank off.
+                tracing::warn!("{e}");
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// How long a rank's generation stays confirmed after the coordinator last answered for it.
+///
+/// The coordinator hands a rank's work to others only after it has been silent for the
+/// heartbeat timeout; a rank writes checkpoints and parts only within half of that since a call
+/// (sent at a known instant) was answered for its generation. A rank cut off from the
+/// coordinator therefore stops writing well before a newer generation can start writing: a
+/// fence without a lock service, as long as clocks run at about the same rate.
+#[derive(Clone, Debug)]
+pub struct Lease(Arc<Mutex<LeaseState>>);
+
+#[derive(Debug)]
+struct LeaseState {
+    length: Duration,
+    /// When the newest confirmed call was sent.
+    confirmed: Option<Instant>,
+}
+
+impl Lease {
+    pub fn new(length: Duration) -> Self {
+        Self(Arc::new(Mutex::new(LeaseState {
+            length,
+            confirmed: None,
+        })))
+    }
+
+    /// A call sent at `sent` was answered: the generation ran then.
+    pub fn confirm(&self, sent: Instant) {
+        if let Ok(mut l) = self.0.lock()
+            && l.confirmed.is_none_or(|c| c < sent)
+        {
+            l.confirmed = Some(sent);
+        }
+    }
+
+    /// Starts over (a new assignment, or the length a new registration gave).
+    pub fn reset(&self, length: Option<Duration>) {
+        if let Ok(mut l) = self.0.lock() {
+            l.confirmed = None;
+            if let Some(length) = length {
+                l.length = length;
+            }
+        }
+    }
+
+    fn length(&self) -> Duration {
+        self.0
+            .lock()
+            .map(|l| l.length)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Time since the newest confirmed call was sent; `None` before the first.
+    fn silent(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|l| l.confirmed)
+            .map(|c| c.elapsed())
     }
 }
 
@@ -227,9 +334,11 @@ fn save_checkpoint(
     cfg: &JobConfig,
     manifest: &DatasetManifest,
     data_url: &str,
-    job_id: &str,
+    a: &Assignment,
+    ctx: &JobContext,
 ) -> Result<String> {
     let state = trainer.state();
+    ctx.hold_lease(&format!("the checkpoint at step {}", state.global_step))?;
     let files = vec![
         (
             "weights.safetensors".to_string(),
@@ -250,7 +359,8 @@ fn save_checkpoint(
         step: state.global_step,
         stage: stage_name(state.stage).to_string(),
         epoch_in_stage: state.epoch_in_stage as u64,
-        job_id: job_id.to_string(),
+        job_id: a.job_id.clone(),
+        generation: a.generation,
         dataset_url: data_url.to_string(),
         dataset_content_hash: manifest.content_hash.clone(),
     };
@@ -479,8 +589,7 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
         let stage_changed = trainer.state().stage != stage;
         let periodic = (epoch as usize).is_multiple_of(cfg.train.checkpoint_every);
         if a.rank == 0 && (stage_changed || periodic) {
-            last_url =
-                save_checkpoint(&trainer, &root, &cfg, &manifest, &spec.data_url, &a.job_id)?;
+            last_url = save_checkpoint(&trainer, &root, &cfg, &manifest, &spec.data_url, a, ctx)?;
         }
     }
     Ok(JobOutcome {
@@ -489,7 +598,7 @@ pub fn train(a: &Assignment, spec: &TrainSpec, ctx: &JobContext) -> Result<JobOu
     })
 }
 
-/// Deletes the objects a failed sampling rank wrote (best effort: the job failed anyway).
+/// Deletes the objects a failed sampling rank wrote (best effort: the job fails anyway).
 fn cleanup(out: &Location, written: &[String]) {
     for o in written {
         if let Some(path) = o.split(':').next() {
@@ -503,7 +612,9 @@ pub fn sample(a: &Assignment, spec: &SampleSpec, ctx: &JobContext) -> Result<Job
     let out = Location::parse(&spec.out_url)?;
     let mut written = Vec::new();
     let result = sample_inner(a, spec, ctx, &out, &mut written);
-    if result.is_err() {
+    // A retryable failure keeps its parts: the job goes on as a new generation, which keeps
+    // the finished chunks and may have rewritten them already (same names, same rows).
+    if result.as_ref().is_err_and(|e| !e.is_retryable()) {
         cleanup(&out, &written);
     }
     result
@@ -624,15 +735,24 @@ fn sample_inner(
         )?;
         generating += generation_started.elapsed();
         drawn_total += drawn;
-        if let Some(c) = scores {
-            coherence.0 += c.iter().sum::<f64>();
-            coherence.1 += c.len() as u64;
-        }
+        let (coherence_sum, coherence_rows) = scores
+            .map(|c| (c.iter().sum::<f64>(), c.len() as u64))
+            .unwrap_or_default();
+        coherence.0 += coherence_sum;
+        coherence.1 += coherence_rows;
         let flags = vec![true; rows.rows()];
         let bytes = table::write_parquet(&ds, &layout, &rows, &flags, OUTPUT_ROW_GROUP_ROWS)?;
         let name = format!("part-{:05}.parquet", chunk.index);
+        ctx.hold_lease(&out.display(&name))?;
         block_on(out.put(&name, bytes))?;
-        written.push(format!("{name}:{}:true", rows.rows()));
+        let output = format!("{name}:{}:true", rows.rows());
+        written.push(output.clone());
+        ctx.chunk_done(ChunkDone {
+            index: chunk.index,
+            output,
+            coherence_sum,
+            coherence_rows,
+        });
         done += chunk.count;
         ctx.progress.send_replace(Progress {
             stage: "sampling".into(),
@@ -666,6 +786,7 @@ fn sample_inner(
             let flags = vec![false; t.rows()];
             let bytes = table::write_parquet(&ds, &layout, &t, &flags, OUTPUT_ROW_GROUP_ROWS)?;
             let name = format!("real-{i:05}.parquet");
+            ctx.hold_lease(&out.display(&name))?;
             block_on(out.put(&name, bytes))?;
             written.push(format!("{name}:{}:false", t.rows()));
             real_rows += t.rows() as u64;
@@ -693,4 +814,53 @@ fn sample_inner(
             .unwrap_or_default(),
         generation_seconds: generating.as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn context(lease: Lease) -> JobContext {
+        JobContext {
+            progress: watch::channel(Progress::default()).0,
+            stop: Arc::default(),
+            device: "cpu".into(),
+            peers: Peers::Alone,
+            pending: Arc::default(),
+            lease,
+        }
+    }
+
+    #[test]
+    fn writes_wait_for_a_confirmed_generation_and_are_refused_once_the_lease_lapses() {
+        let lease = Lease::new(Duration::from_millis(200));
+        let ctx = context(lease.clone());
+        // Never confirmed: refused after waiting one lease, retryable.
+        let started = Instant::now();
+        let err = ctx.hold_lease("part-00000.parquet").unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("part-00000.parquet"), "{err}");
+        // Confirmed just now: allowed at once.
+        lease.confirm(Instant::now());
+        let started = Instant::now();
+        ctx.hold_lease("x").unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // A confirmation arriving while the write waits lets it go on.
+        std::thread::sleep(Duration::from_millis(250));
+        let late = lease.clone();
+        let confirmer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.confirm(Instant::now());
+        });
+        ctx.hold_lease("x").unwrap();
+        confirmer.join().unwrap();
+        // An older confirmation never moves the lease back; a stop ends the wait as stopped.
+        lease.confirm(Instant::now() - Duration::from_secs(10));
+        ctx.hold_lease("x").unwrap();
+        lease.reset(None);
+        ctx.stop.store(true, Ordering::Relaxed);
+        assert!(matches!(ctx.hold_lease("x"), Err(Error::Stopped)));
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowsynth_common::auth::{AUTHORIZATION, Token};
+use flowsynth_common::auth::{AUTHORIZATION, Token, WORKER_SESSION};
 use flowsynth_proto::job_spec::Kind;
 use flowsynth_proto::worker_service_client::WorkerServiceClient;
 use flowsynth_proto::*;
@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
-use crate::jobs::{self, JobContext, JobOutcome, Peers};
+use crate::jobs::{self, JobContext, JobOutcome, Lease, Peers, Pending};
 use flowsynth_collective::{Nccl, TcpListenerHandle};
 use std::net::ToSocketAddrs;
 
@@ -79,14 +79,39 @@ pub fn endpoint_url(s: &str) -> String {
     }
 }
 
-/// Adds the bearer token (if any) to every call on a connection.
+/// Adds the bearer token (if any) and, on a worker's connection, its registration's session to
+/// every call.
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth {
+    token: Option<MetadataValue<Ascii>>,
+    session: SessionSlot,
+}
+
+/// The session secret a worker's calls present; set by each registration.
+#[derive(Clone, Default)]
+pub struct SessionSlot(Arc<Mutex<Option<MetadataValue<Ascii>>>>);
+
+impl SessionSlot {
+    fn set(&self, session: &str) -> Result<()> {
+        let mut v: MetadataValue<Ascii> = session.parse().map_err(|_| Error::Connect {
+            url: String::new(),
+            message: "the coordinator gave a session a gRPC header cannot carry".into(),
+        })?;
+        v.set_sensitive(true);
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(v);
+        }
+        Ok(())
+    }
+}
 
 impl Auth {
-    fn new(token: Option<&Token>) -> Result<Self> {
+    fn new(token: Option<&Token>, session: SessionSlot) -> Result<Self> {
         let Some(t) = token else {
-            return Ok(Self(None));
+            return Ok(Self {
+                token: None,
+                session,
+            });
         };
         let mut v: MetadataValue<Ascii> = t.header_value().parse().map_err(|_| Error::Connect {
             url: String::new(),
@@ -94,7 +119,10 @@ impl Auth {
         })?;
         // Never indexed by HPACK or shown by the HTTP layer's debug output.
         v.set_sensitive(true);
-        Ok(Self(Some(v)))
+        Ok(Self {
+            token: Some(v),
+            session,
+        })
     }
 }
 
@@ -103,8 +131,11 @@ impl Interceptor for Auth {
         &mut self,
         mut r: tonic::Request<()>,
     ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             r.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
+        if let Some(v) = self.session.0.lock().ok().and_then(|s| s.clone()) {
+            r.metadata_mut().insert(WORKER_SESSION, v);
         }
         Ok(r)
     }
@@ -116,7 +147,16 @@ pub type Conn = InterceptedService<Channel, Auth>;
 /// Connects to the coordinator, retrying until `timeout` (it may still be starting); every call
 /// on the connection presents the access token, over TLS when a CA is given.
 pub async fn connect(url: &str, timeout: Duration, access: &Access) -> Result<Conn> {
-    let auth = Auth::new(access.token.as_ref())?;
+    connect_with(url, timeout, access, SessionSlot::default()).await
+}
+
+async fn connect_with(
+    url: &str,
+    timeout: Duration,
+    access: &Access,
+    session: SessionSlot,
+) -> Result<Conn> {
+    let auth = Auth::new(access.token.as_ref(), session)?;
     let channel = connect_channel(url, timeout, access.tls_ca.as_deref()).await?;
     Ok(InterceptedService::new(channel, auth))
 }
@@ -240,11 +280,17 @@ pub async fn run(
     if !flowsynth_model::reuse_freed_memory() {
         tracing::debug!("malloc settings left as they are (not glibc)");
     }
-    let channel = connect(&opts.coordinator, opts.connect_timeout, &opts.access).await?;
+    let shared = Shared::default();
+    let channel = connect_with(
+        &opts.coordinator,
+        opts.connect_timeout,
+        &opts.access,
+        shared.session.clone(),
+    )
+    .await?;
     let mut client = WorkerServiceClient::new(channel);
     let (listener, collective_address) = bind_collective(&opts)?;
     tracing::info!("collective listener on {collective_address}");
-    let shared = Shared::default();
     let mut session = Session::start(&mut client, &opts, &collective_address, &shared)
         .await
         .map_err(Error::rpc("register"))?;
@@ -334,7 +380,7 @@ pub async fn run(
             listener: &listener,
             collective_address: &collective_address,
         };
-        let outcome = run_assignment(&mut client, &me, a, &shared.stops).await;
+        let outcome = run_assignment(&mut client, &me, a, &shared).await;
         shared.end();
         match outcome {
             Ok(Part::Succeeded) => summary.jobs += 1,
@@ -368,6 +414,11 @@ pub async fn run(
     result
 }
 
+/// Longest a heartbeat or progress report is waited for: on a network that drops packets (a
+/// partition) a call would otherwise hang for minutes, and with it the loop that notices the
+/// job's end.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Errors that a coordinator restart or a network blip produce; worth retrying.
 fn is_transient(status: &tonic::Status) -> bool {
     matches!(
@@ -399,16 +450,33 @@ impl Backoff {
 }
 
 /// State the heartbeat task shares with the worker loop.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Shared {
     /// Jobs to stop (cancelled, failed elsewhere, or a generation left behind).
     stops: Arc<Mutex<HashSet<String>>>,
     /// The job and generation being run, which heartbeats carry.
     running: Arc<Mutex<Option<(String, u32)>>>,
+    /// The running generation's lease, renewed by answered heartbeats and progress reports.
+    lease: Lease,
+    /// The session of the current registration, which every call presents.
+    session: SessionSlot,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            stops: Arc::default(),
+            running: Arc::default(),
+            // Until a registration says: half the coordinator's default heartbeat timeout.
+            lease: Lease::new(Duration::from_secs(15)),
+            session: SessionSlot::default(),
+        }
+    }
 }
 
 impl Shared {
     fn begin(&self, a: &Assignment) {
+        self.lease.reset(None);
         if let Ok(mut r) = self.running.lock() {
             *r = Some((a.job_id.clone(), a.generation));
         }
@@ -453,6 +521,15 @@ impl Session {
             .await?
             .into_inner();
         let worker_id = reg.worker_id.clone();
+        shared
+            .session
+            .set(&reg.session)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        if reg.heartbeat_timeout_ms > 0 {
+            shared.lease.reset(Some(Duration::from_millis(
+                u64::from(reg.heartbeat_timeout_ms) / 2,
+            )));
+        }
         tracing::info!("registered as {worker_id} with {}", opts.coordinator);
         let lost = Arc::new(AtomicBool::new(false));
         let every = Duration::from_millis(reg.heartbeat_interval_ms.max(100) as u64);
@@ -495,17 +572,20 @@ async fn heartbeats(
         tick.tick().await;
         let reported = shared.running();
         let (job_id, generation) = reported.clone().unwrap_or_default();
-        let r = match client
-            .heartbeat(HeartbeatRequest {
-                worker_id: id.clone(),
-                job_id,
-                generation,
-            })
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
+        let sent = std::time::Instant::now();
+        let call = client.heartbeat(HeartbeatRequest {
+            worker_id: id.clone(),
+            job_id,
+            generation,
+        });
+        let r = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
                 tracing::warn!("heartbeat failed: {}", e.message());
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("heartbeat unanswered for {CALL_TIMEOUT:?}");
                 continue;
             }
         };
@@ -519,6 +599,13 @@ async fn heartbeats(
             }
             stops.extend(now.map(|(job, _)| job));
             continue;
+        }
+        // The generation ran when the call was sent: its lease is renewed from then.
+        if reported.is_some()
+            && now == reported
+            && !r.stop_job_ids.iter().any(|j| Some(j) == now.as_ref().map(|(j, _)| j))
+        {
+            shared.lease.confirm(sent);
         }
         // A stop that answers another generation than the one running now (the worker moved
         // on while the call was out) is not for it.
@@ -645,20 +732,22 @@ async fn rendezvous(
     }
 }
 
-fn take_events(events: &Mutex<Vec<String>>) -> Vec<String> {
-    events
+fn take_pending(pending: &Mutex<Pending>) -> Pending {
+    pending
         .lock()
-        .map(|mut e| std::mem::take(&mut *e))
+        .map(|mut p| std::mem::take(&mut *p))
         .unwrap_or_default()
 }
 
-/// Sends one progress report; true when the coordinator says to stop.
+/// Sends one progress report (renewing the lease when answered); true when the coordinator
+/// says to stop.
 async fn report_progress(
     client: &mut WorkerServiceClient<Conn>,
     worker_id: &str,
     a: &Assignment,
     progress: Progress,
-    events: Vec<String>,
+    pending: Pending,
+    lease: &Lease,
 ) -> bool {
     let report = ProgressReport {
         worker_id: worker_id.to_string(),
@@ -666,12 +755,24 @@ async fn report_progress(
         rank: a.rank,
         progress: Some(progress),
         generation: a.generation,
-        events,
+        events: pending.events,
+        chunks_done: pending.chunks,
     };
-    match client.report_progress(report).await {
-        Ok(ack) => ack.get_ref().stop,
-        Err(e) => {
+    let sent = std::time::Instant::now();
+    match tokio::time::timeout(CALL_TIMEOUT, client.report_progress(report)).await {
+        Ok(Ok(ack)) => {
+            let stop = ack.get_ref().stop;
+            if !stop {
+                lease.confirm(sent);
+            }
+            stop
+        }
+        Ok(Err(e)) => {
             tracing::warn!("progress report failed: {}", e.message());
+            false
+        }
+        Err(_) => {
+            tracing::warn!("progress report unanswered for {CALL_TIMEOUT:?}");
             false
         }
     }
@@ -696,7 +797,7 @@ async fn run_assignment(
     client: &mut WorkerServiceClient<Conn>,
     me: &Me<'_>,
     a: Assignment,
-    stops: &Arc<Mutex<HashSet<String>>>,
+    shared: &Shared,
 ) -> Result<Part> {
     let worker_id = me.worker_id;
     tracing::info!(
@@ -727,13 +828,15 @@ async fn run_assignment(
 
     let (ptx, mut prx) = watch::channel(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let pending: Arc<Mutex<Pending>> = Arc::default();
+    let lease = shared.lease.clone();
     let ctx = JobContext {
         progress: ptx,
         stop: stop.clone(),
         device: me.opts.device.clone(),
         peers,
-        events: events.clone(),
+        pending: pending.clone(),
+        lease: lease.clone(),
     };
     let spec = a.spec.clone().unwrap_or_default();
     let job = a.clone();
@@ -752,24 +855,24 @@ async fn run_assignment(
         tokio::select! {
             r = &mut work => break r,
             _ = tick.tick() => {
-                if stops.lock().map(|s| s.contains(&a.job_id)).unwrap_or(false) {
+                if shared.stops.lock().map(|s| s.contains(&a.job_id)).unwrap_or(false) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                let new_events = take_events(&events);
-                if prx.has_changed().unwrap_or(false) || !new_events.is_empty() {
+                let new = take_pending(&pending);
+                if prx.has_changed().unwrap_or(false) || !new.is_empty() {
                     let p = prx.borrow_and_update().clone();
-                    if report_progress(client, worker_id, &a, p, new_events).await {
+                    if report_progress(client, worker_id, &a, p, new, &lease).await {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
             }
         }
     };
-    // Events of the job's last moments go before its end is reported.
-    let last_events = take_events(&events);
-    if !last_events.is_empty() {
+    // What the job's last moments produced goes before its end is reported.
+    let last = take_pending(&pending);
+    if !last.is_empty() {
         let p = prx.borrow().clone();
-        report_progress(client, worker_id, &a, p, last_events).await;
+        report_progress(client, worker_id, &a, p, last, &lease).await;
     }
     let outcome = match outcome {
         Ok(r) => r,
