@@ -19,6 +19,7 @@ COORDINATOR="${COORDINATOR:-10}"
 PARTITIONS="${PARTITIONS:-5}"
 PARTITION_S="${PARTITION_S:-15}"
 JOB_TIMEOUT="${JOB_TIMEOUT:-600}"
+MAX_ROWS="${MAX_ROWS:-20000}"   # NSL-KDD rows each job trains on
 DATA="$(cd "${DATA:-../shared/data}" && pwd)"
 # PROFILE=debug runs the binary `make test` builds (dependencies optimised, flowsynth at
 # opt-level 1) instead of building the release one.
@@ -58,10 +59,12 @@ client convert --preset nsl-kdd --out s3://flowsynth/datasets/nsl "$DATA/nsl-kdd
 network="${project}_cluster"
 
 # A job that takes long enough to be disturbed in its VAE stage: 8 VAE epochs with a committed
-# checkpoint after each.
+# checkpoint after each (the default is every 10 epochs: a restart would start over).
+job_config="$(mktemp)"
+printf '[train]\ncheckpoint_every = 1\n' > "$job_config"
 submit() {  # submit NAME -> job id
-  client submit train --workers 2 --data s3://flowsynth/datasets/nsl \
-    --checkpoints "s3://flowsynth/checkpoints/$1" --max-rows 20000 --epochs 8 \
+  client submit train --workers 2 --config "$job_config" --data s3://flowsynth/datasets/nsl \
+    --checkpoints "s3://flowsynth/checkpoints/$1" --max-rows "$MAX_ROWS" --epochs 8 \
     --diffusion-epochs 2 --batch-size 256 | grep -o 'job-[0-9a-f]*' | head -n1
 }
 vae_epoch() {  # vae_epoch JOB -> the current VAE epoch, 0 outside the VAE stage

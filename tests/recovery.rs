@@ -563,34 +563,42 @@ struct Netns {
 }
 
 impl Netns {
-    /// `hosts` namespaces `PREFIX-h0..`, host `i` at `SUBNET.(10 + i)`; `None` where namespaces
-    /// cannot be made (not root, no `ip`).
-    fn new(hosts: usize) -> Option<Self> {
+    /// `hosts` namespaces `PREFIX-h0..`, host `i` at `SUBNET.(10 + i)`; `Err` (saying which
+    /// command failed) where namespaces cannot be made here (not root, no `ip`, no bridge
+    /// support).
+    fn new(hosts: usize) -> Result<Self, String> {
         let n = std::process::id() % 10_000;
         let net = Self {
             prefix: format!("fs{n}"),
             subnet: format!("10.{}.{}", 200 + n % 50, (n / 50) % 250),
             hosts,
         };
-        if !ip(&["netns", "add", &net.ns("sw")]) {
-            return None;
-        }
-        net.must(&["-n", &net.ns("sw"), "link", "add", "br0", "type", "bridge"]);
-        net.must(&["-n", &net.ns("sw"), "link", "set", "br0", "up"]);
+        let step = |args: &[&str]| {
+            if ip(args) {
+                Ok(())
+            } else {
+                Err(format!("`ip {}` failed", args.join(" ")))
+            }
+        };
+        // On an early return, `net` is dropped: what was made is removed.
+        let sw = net.ns("sw");
+        step(&["netns", "add", &sw])?;
+        step(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        step(&["-n", &sw, "link", "set", "br0", "up"])?;
         for h in 0..hosts {
             let (ns, veth) = (net.ns(&format!("h{h}")), net.veth(h));
-            net.must(&["netns", "add", &ns]);
-            net.must(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            net.must(&["link", "set", &veth, "netns", &net.ns("sw")]);
-            net.must(&["-n", &net.ns("sw"), "link", "set", &veth, "master", "br0", "up"]);
             let addr = format!("{}/24", net.addr(h));
-            net.must(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
-            net.must(&["-n", &ns, "link", "set", "eth0", "up"]);
-            net.must(&["-n", &ns, "link", "set", "lo", "up"]);
+            step(&["netns", "add", &ns])?;
+            step(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            step(&["link", "set", &veth, "netns", &sw])?;
+            step(&["-n", &sw, "link", "set", &veth, "master", "br0", "up"])?;
+            step(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            step(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            step(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        Some(net)
+        Ok(net)
     }
 
     fn ns(&self, name: &str) -> String {
@@ -649,11 +657,15 @@ fn ip(args: &[&str]) -> bool {
 /// the job finishes on the spare with every checkpoint sound.
 #[test]
 fn a_partitioned_worker_is_fenced_out_and_rejoins_when_the_network_heals() {
-    let Some(net) = Netns::new(3) else {
-        eprintln!(
-            "SKIPPED: cannot create network namespaces here (needs root and iproute2's `ip`)"
-        );
-        return;
+    let net = match Netns::new(3) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot create network namespaces here ({why}; needs root, iproute2 \
+                 and bridge support)"
+            );
+            return;
+        }
     };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
