@@ -82,6 +82,31 @@ fn status_field(status: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Converts 1,500 NSL-KDD rows into `ROOT/dataset` and trains them with the job file `toml`
+/// (written to `ROOT/job.toml`) into `ROOT/ckpt`; returns the three paths.
+fn train_small_model(
+    root: &std::path::Path,
+    toml: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (dataset, ckpts, config) = (
+        root.join("dataset"),
+        root.join("ckpt"),
+        root.join("job.toml"),
+    );
+    convert_nsl_subset(root, 1500, dataset.to_str().unwrap(), 500, &[]);
+    std::fs::write(&config, toml).unwrap();
+    run_ok(&[
+        "train",
+        "--data",
+        dataset.to_str().unwrap(),
+        "--checkpoints",
+        ckpts.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    (dataset, ckpts, config)
+}
+
 /// How the test loses a worker.
 #[derive(Clone, Copy, PartialEq)]
 enum Loss {
@@ -331,29 +356,15 @@ fn a_restarted_coordinator_resumes_the_job_and_workers_and_the_waiting_client_re
 fn a_damaged_newest_checkpoint_is_skipped_and_the_previous_one_is_used() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let dataset = root.join("dataset");
-    convert_nsl_subset(root, 1500, dataset.to_str().unwrap(), 500, &[]);
-    let config = root.join("job.toml");
-    std::fs::write(
-        &config,
+    let (dataset, ckpts, config) = train_small_model(
+        root,
         "[train]\nepochs = 2\ndiffusion_epochs = 1\nbatch_size = 128\ncheckpoint_every = 1\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 4\n",
-    )
-    .unwrap();
-    let ckpts = root.join("ckpt");
+    );
     let (data, ck, cfg) = (
         dataset.to_str().unwrap(),
         ckpts.to_str().unwrap(),
         config.to_str().unwrap(),
     );
-    run_ok(&[
-        "train",
-        "--data",
-        data,
-        "--checkpoints",
-        ck,
-        "--config",
-        cfg,
-    ]);
     let mut committed: Vec<String> = std::fs::read_dir(&ckpts)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -431,24 +442,10 @@ fn a_damaged_newest_checkpoint_is_skipped_and_the_previous_one_is_used() {
 fn a_lost_sampling_worker_s_chunks_are_rerun_and_the_output_is_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let dataset = root.join("dataset");
-    convert_nsl_subset(root, 1500, dataset.to_str().unwrap(), 500, &[]);
-    let config = root.join("job.toml");
-    std::fs::write(
-        &config,
+    let (dataset, ckpts, _) = train_small_model(
+        root,
         "[train]\nepochs = 1\ndiffusion_epochs = 1\nbatch_size = 128\nthreads = 1\n\n[model]\ndenoiser_width = 32\nsampler_steps = 8\n",
-    )
-    .unwrap();
-    let ckpts = root.join("ckpt");
-    run_ok(&[
-        "train",
-        "--data",
-        dataset.to_str().unwrap(),
-        "--checkpoints",
-        ckpts.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    );
 
     let (_coord, url) = start_coordinator(
         root.join("state").to_str().unwrap(),
@@ -539,7 +536,11 @@ fn a_lost_sampling_worker_s_chunks_are_rerun_and_the_output_is_exact() {
     assert_eq!(names, expected);
     let manifest = json(&out_dir.join("_sample.json"));
     assert_eq!(manifest["synthetic_rows"], ROWS);
-    assert_eq!(manifest["parts"].as_array().unwrap().len(), 12, "{manifest}");
+    assert_eq!(
+        manifest["parts"].as_array().unwrap().len(),
+        12,
+        "{manifest}"
+    );
     let label = json(&dataset.join("_dataset.json"))["label_column"]
         .as_str()
         .unwrap()
@@ -726,7 +727,10 @@ fn a_partitioned_worker_is_fenced_out_and_rejoins_when_the_network_heals() {
         past_first_vae_epoch(&status_field(&status(), "progress"))
     });
     let first = format!("job {job}: rank 0/1 (generation 1)");
-    let cut = workers.iter().position(|w| w.log().contains(&first)).unwrap();
+    let cut = workers
+        .iter()
+        .position(|w| w.log().contains(&first))
+        .unwrap();
     let cut_host = cut + 1;
     let cut_at = std::time::SystemTime::now();
     net.link(cut_host, false);
@@ -744,9 +748,11 @@ fn a_partitioned_worker_is_fenced_out_and_rejoins_when_the_network_heals() {
         std::thread::sleep(Duration::from_millis(100));
     }
     net.link(cut_host, true);
-    wait_for("the cut-off worker to register again", Duration::from_secs(60), || {
-        workers[cut].log().matches("registered as").count() == 2
-    });
+    wait_for(
+        "the cut-off worker to register again",
+        Duration::from_secs(60),
+        || workers[cut].log().matches("registered as").count() == 2,
+    );
     wait_for("the job to end", Duration::from_secs(300), || {
         let s = status_field(&status(), "state");
         s == "succeeded" || s == "failed" || s == "cancelled"

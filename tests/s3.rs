@@ -454,11 +454,7 @@ fn a_store_outage_mid_job_is_retried_and_a_lasting_one_fails_naming_the_url() {
     let ckpt_url = format!("s3://{BUCKET}/ckpt");
     convert_nsl_subset(tmp.path(), 3000, &data_url, 500, &direct);
     let config = tmp.path().join("job.toml");
-    std::fs::write(
-        &config,
-        CONFIG.replace("epochs = 1\n", "epochs = 8\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, CONFIG.replace("epochs = 1\n", "epochs = 8\n")).unwrap();
     let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_flowsynth"))
         .args(["train", "--data", &data_url, "--checkpoints", &ckpt_url])
         .arg("--config")

@@ -458,6 +458,9 @@ mod tests {
             let err = commit(&root, stale, files(9), 3).await.unwrap_err();
             assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
         }
-        assert_eq!(resolve(root.url()).await.unwrap().manifest.meta.generation, 2);
+        assert_eq!(
+            resolve(root.url()).await.unwrap().manifest.meta.generation,
+            2
+        );
     }
 }

@@ -151,14 +151,22 @@ impl StoreOptions {
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// The settings named `PREFIX*` that are configuration keys `K` of one backend, in name
+    /// order (unknown names are skipped).
+    fn keys<'a, K: std::str::FromStr>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (K, &'a str)> + 'a {
+        self.with_prefix(prefix)
+            .filter_map(|(name, value)| Some((name.to_ascii_lowercase().parse().ok()?, value)))
+    }
+
     /// An S3 client for `bucket`. Names sort, so `AWS_ENDPOINT_URL` (the AWS CLI's name) wins
     /// over `AWS_ENDPOINT` (object_store's) and `AWS_REGION` over `AWS_DEFAULT_REGION`.
     fn s3_builder(&self, bucket: &str) -> AmazonS3Builder {
         let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
-        for (name, value) in self.with_prefix("AWS_") {
-            if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                builder = builder.with_config(key, value);
-            }
+        for (key, value) in self.keys::<AmazonS3ConfigKey>("AWS_") {
+            builder = builder.with_config(key, value);
         }
         if self.get("AWS_REGION").is_none() && self.get("AWS_DEFAULT_REGION").is_none() {
             builder = builder.with_region(DEFAULT_S3_REGION);
@@ -293,10 +301,8 @@ impl Location {
                 let mut builder = GoogleCloudStorageBuilder::new()
                     .with_url(spec)
                     .with_retry(options.retry()?);
-                for (name, value) in options.with_prefix("GOOGLE_") {
-                    if let Ok(key) = name.to_ascii_lowercase().parse::<GoogleConfigKey>() {
-                        builder = builder.with_config(key, value);
-                    }
+                for (key, value) in options.keys::<GoogleConfigKey>("GOOGLE_") {
+                    builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(store), url_prefix(&url).map_err(invalid)?)
@@ -305,10 +311,8 @@ impl Location {
                 let mut builder = MicrosoftAzureBuilder::new()
                     .with_url(spec)
                     .with_retry(options.retry()?);
-                for (name, value) in options.with_prefix("AZURE_") {
-                    if let Ok(key) = name.to_ascii_lowercase().parse::<AzureConfigKey>() {
-                        builder = builder.with_config(key, value);
-                    }
+                for (key, value) in options.keys::<AzureConfigKey>("AZURE_") {
+                    builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(store), url_prefix(&url).map_err(invalid)?)

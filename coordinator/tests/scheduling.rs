@@ -341,13 +341,9 @@ async fn two_rank_job_waits_for_both_workers_shards_every_row_group_once_and_suc
     assert_eq!(now.state(), JobState::Running);
     assert_eq!(now.progress.unwrap().epoch, 2);
 
-    c.report_done(signed(done(&w1, &a1, true)))
-        .await
-        .unwrap();
+    c.report_done(signed(done(&w1, &a1, true))).await.unwrap();
     assert_eq!(job(c, &j.id).await.state(), JobState::Running);
-    c.report_done(signed(done(&w0, &a0, true)))
-        .await
-        .unwrap();
+    c.report_done(signed(done(&w0, &a0, true))).await.unwrap();
     let end = job(c, &j.id).await;
     assert_eq!(end.state(), JobState::Succeeded);
     assert_eq!(end.result_url, "ckpt-of-rank-0");
@@ -363,9 +359,7 @@ async fn a_failing_rank_fails_the_job_and_tells_the_other_rank_to_stop() {
         assignment(c, &w0).await.unwrap(),
         assignment(c, &w1).await.unwrap(),
     );
-    c.report_done(signed(done(&w1, &a1, false)))
-        .await
-        .unwrap();
+    c.report_done(signed(done(&w1, &a1, false))).await.unwrap();
     let failed = job(c, &j.id).await;
     assert_eq!(failed.state(), JobState::Failed);
     assert!(failed.message.contains("boom"), "{}", failed.message);
@@ -539,9 +533,7 @@ async fn a_lost_rank_restarts_the_job_as_a_new_generation_until_the_budget_is_sp
         .unwrap()
         .into_inner();
     assert_eq!(hb.stop_job_ids, vec![j.id.clone()]);
-    c.report_done(signed(done(&w0, &a0, true)))
-        .await
-        .unwrap();
+    c.report_done(signed(done(&w0, &a0, true))).await.unwrap();
     assert_eq!(job(c, &j.id).await.state(), JobState::Pending);
     // The new world: the spare and the old rank 0 once it asks again (min_workers = 2: the
     // spare alone waits).
@@ -580,9 +572,7 @@ async fn a_failure_of_the_job_itself_is_not_retried() {
     let j = submit(c, spec).await;
     let w = register(c).await;
     let a = assignment(c, &w).await.unwrap();
-    c.report_done(signed(done(&w, &a, false)))
-        .await
-        .unwrap();
+    c.report_done(signed(done(&w, &a, false))).await.unwrap();
     let failed = job(c, &j.id).await;
     assert_eq!(failed.state(), JobState::Failed);
     assert_eq!(failed.restarts, 0);

@@ -603,7 +603,10 @@ async fn heartbeats(
         // The generation ran when the call was sent: its lease is renewed from then.
         if reported.is_some()
             && now == reported
-            && !r.stop_job_ids.iter().any(|j| Some(j) == now.as_ref().map(|(j, _)| j))
+            && !r
+                .stop_job_ids
+                .iter()
+                .any(|j| Some(j) == now.as_ref().map(|(j, _)| j))
         {
             shared.lease.confirm(sent);
         }
